@@ -1,0 +1,5 @@
+"""``python -m stellarflow`` runs the command line."""
+
+from stellarflow.cli.main import run
+
+run()

@@ -1,0 +1,60 @@
+"""Atomic file writing: write beside the target, then rename over it.
+
+A crash, an exception or Ctrl-C while writing leaves no partial file at the target path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from stellarflow.errors import OutputExistsError
+
+__all__ = ["atomic_path", "check_writable"]
+
+
+def check_writable(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse to replace an existing file unless asked; return the target as a Path.
+
+    Raises:
+        OutputExistsError: if ``path`` exists and ``overwrite`` is False.
+        FileNotFoundError: if the parent folder does not exist.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it "
+            "or choose another output path"
+        )
+    if not target.parent.exists():
+        raise FileNotFoundError(f"output folder {target.parent} does not exist; create it first")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on clean exit.
+
+    On an exception the temporary file is removed and nothing appears at ``path``.
+
+    Example:
+        >>> with atomic_path("table.ecsv") as tmp:  # doctest: +SKIP
+        ...     table.write(tmp, format="ascii.ecsv")
+    """
+    target = check_writable(path, overwrite)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if target.exists() and not overwrite:
+            raise OutputExistsError(
+                f"{target} appeared while it was being written; nothing was replaced"
+            )
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
