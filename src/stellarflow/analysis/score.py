@@ -1,0 +1,107 @@
+"""Score a survey under a trained model: log p(flux | labels) per star, streamed in chunks.
+
+Memory stays constant whatever the survey size: the spectra are read ``chunk_size`` stars
+at a time and only the per-star results are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from astropy.table import Table
+
+from stellarflow.data.dataset import ID_COLUMN, SpectralDataset
+from stellarflow.data.summary import SpectraSource
+from stellarflow.train.checkpoint import TrainedModel, check_compatible
+
+__all__ = ["score_chunk", "score_survey"]
+
+
+@torch.no_grad()
+def score_chunk(
+    trained: TrainedModel, chunk: SpectralDataset, min_good_fraction: float = 0.2
+) -> dict[str, np.ndarray]:
+    """Log-likelihood and flags for one chunk of stars.
+
+    Args:
+        trained: a loaded model.
+        chunk: spectra on the model's grid with the model's labels.
+        min_good_fraction: stars with fewer usable pixels are flagged and not scored.
+
+    Returns:
+        Columns (each `(n_stars,)`): ``log_prob`` (nats; NaN where not scored),
+        ``log_prob_per_pixel`` (nats per usable pixel), ``n_good_pixels``, ``supported``
+        (labels inside the training support), ``support_distance``, ``enough_pixels``.
+    """
+    model = trained.model
+    device = next(model.parameters()).device
+    labels = chunk.label_array(trained.label_names)
+    supported = trained.support.contains(labels)
+    finite = np.all(np.isfinite(labels), axis=1)
+    n_good = (~chunk.mask).sum(axis=1)
+    enough = chunk.good_fraction >= min_good_fraction
+    log_prob = np.full(chunk.n_stars, np.nan)
+    rows = np.flatnonzero(finite & enough)
+    if rows.size:
+        flux = torch.as_tensor(chunk.flux[rows], device=device)
+        ivar = torch.as_tensor(chunk.ivar[rows], device=device)
+        context = torch.as_tensor(labels[rows], device=device, dtype=torch.float32)
+        distribution = model(context if trained.label_names else None, ivar=ivar)
+        log_prob[rows] = distribution.log_prob(flux).double().cpu().numpy()
+    return {
+        "log_prob": log_prob,
+        "log_prob_per_pixel": log_prob / np.maximum(n_good, 1),
+        "n_good_pixels": n_good,
+        "supported": supported,
+        "support_distance": trained.support.distance(labels),
+        "enough_pixels": enough,
+    }
+
+
+def score_survey(
+    trained: TrainedModel,
+    source: SpectraSource | SpectralDataset,
+    *,
+    chunk_size: int = 2048,
+    min_good_fraction: float = 0.2,
+    progress: bool | Callable[[int], None] = False,
+) -> Table:
+    """Score every star of a survey under a trained model.
+
+    Args:
+        trained: a model loaded with :func:`stellarflow.train.checkpoint.load_model`.
+        source: a dataset or an open survey file on the model's grid.
+        chunk_size: stars per chunk (bounds memory).
+        min_good_fraction: stars with a smaller fraction of usable pixels are not scored.
+        progress: show a progress bar (True) or call ``progress(n_done)`` per chunk.
+
+    Returns:
+        A table in survey order: ``star_id``, ``log_prob`` (nats, log p(flux | labels) with
+        each star's noise and mask), ``log_prob_per_pixel``, ``n_good_pixels``,
+        ``supported``, ``support_distance``, ``enough_pixels``. Its meta records whether
+        ``log_prob`` is exact or an estimate.
+    """
+    check_compatible(trained, source.wavelength, source.labels.colnames)
+    parts: list[dict[str, np.ndarray]] = []
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=source.n_stars, desc="score", unit="star")
+    for chunk in source.iter_chunks(chunk_size):
+        parts.append(score_chunk(trained, chunk, min_good_fraction))
+        if bar is not None:
+            bar.update(chunk.n_stars)
+        elif callable(progress):
+            progress(chunk.n_stars)
+    if bar is not None:
+        bar.close()
+    table = Table({ID_COLUMN: np.asarray(source.labels[ID_COLUMN])})
+    for name in parts[0]:
+        table[name] = np.concatenate([p[name] for p in parts])
+    table["log_prob"].unit = "nat"
+    table.meta["model"] = str(trained.path)
+    table.meta["log_prob_is_exact"] = bool(getattr(trained.model, "log_prob_is_exact", True))
+    return table

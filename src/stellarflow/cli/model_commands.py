@@ -1,0 +1,155 @@
+"""Commands that train and use spectral models: ``train``, ``score``, ``sample``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from stellarflow.errors import DataValidationError
+
+__all__ = ["register"]
+
+_IN_MEMORY_BYTES = 4 << 30  # surveys smaller than this are loaded whole for training
+
+
+def register(commands: Any) -> None:
+    """Add ``train``, ``score`` and ``sample`` to the sub-command parser."""
+    train = commands.add_parser(
+        "train",
+        help="train a spectral density model p(flux | labels) on a survey file",
+        description="Train a model of the spectra conditional on labels; writes a model "
+        "directory (weights, config, metadata, training curve) and checkpoints every epoch.",
+    )
+    train.add_argument("survey", type=Path, help="survey file (.h5)")
+    train.add_argument(
+        "--labels",
+        default="TEFF,LOGG,FE_H",
+        help="comma-separated label columns to condition on ('' = unconditional)",
+    )
+    train.add_argument("--out", type=Path, required=True, help="model directory")
+    train.add_argument("--model", default="latent", help="model family (default: latent)")
+    train.add_argument("--epochs", type=int, default=200, help="maximum epochs (default 200)")
+    train.add_argument("--time-limit", type=float, default=None, help="budget in minutes")
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--patience", type=int, default=15, help="early-stopping patience")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    train.add_argument(
+        "--precision",
+        choices=("float32", "tf32", "bf16"),
+        default="float32",
+        help="GPU arithmetic: float32, tf32 matmuls, or bf16 autocast",
+    )
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--overwrite", action="store_true", help="start afresh in --out")
+    train.set_defaults(handler=run_train)
+
+    score = commands.add_parser(
+        "score", help="log p(flux | labels) of every star under a trained model"
+    )
+    score.add_argument("model", type=Path, help="model directory")
+    score.add_argument("survey", type=Path, help="survey file (.h5)")
+    score.add_argument("--out", type=Path, required=True, help="output table (.ecsv)")
+    score.add_argument("--chunk-size", type=int, default=2048, help="stars per chunk")
+    score.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    score.set_defaults(handler=run_score)
+
+    sample = commands.add_parser("sample", help="draw noise-free spectra at given labels")
+    sample.add_argument("model", type=Path, help="model directory")
+    sample.add_argument("--at", required=True, help="label point, e.g. TEFF=4750,LOGG=2.5,FE_H=0")
+    sample.add_argument("-n", "--n-samples", type=int, default=1000, help="number of spectra")
+    sample.add_argument("--temperature", type=float, default=1.0, help="base-density scale")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", type=Path, required=True, help="output file (.h5)")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    sample.set_defaults(handler=run_sample)
+
+
+def _label_names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip().upper() for name in text.split(",") if name.strip())
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``stellarflow train``."""
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.train.config import TrainConfig
+    from stellarflow.train.loop import train_model
+
+    try:
+        config = TrainConfig(
+            label_names=_label_names(args.labels),
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            patience=args.patience,
+            seed=args.seed,
+            time_limit=args.time_limit,
+            device=args.device,
+            precision=args.precision,
+        )
+    except ValueError as err:
+        raise DataValidationError(f"invalid training settings: {err}") from None
+    with open_survey(args.survey) as survey:
+        source = survey
+        if survey.n_stars * survey.n_pixels * 9 < _IN_MEMORY_BYTES:
+            source = survey.load()
+        result = train_model(
+            source,
+            config,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    print(
+        f"trained for {result.epochs_run} epochs ({result.stopped}); best validation "
+        f"{result.best_validation:.5f} nats/pixel at epoch {result.best_epoch}; "
+        f"model in {result.path}"
+    )
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """``stellarflow score``."""
+    from stellarflow.analysis.score import score_survey
+    from stellarflow.io.atomic import atomic_path, check_writable
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.train.checkpoint import load_model
+
+    check_writable(args.out, args.overwrite)
+    trained = load_model(args.model)
+    with open_survey(args.survey) as survey:
+        table = score_survey(trained, survey, chunk_size=args.chunk_size, progress=not args.quiet)
+    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+        table.write(tmp, format="ascii.ecsv")
+    n_flagged = int((~table["supported"] | ~table["enough_pixels"]).sum())
+    print(f"scored {len(table)} stars ({n_flagged} flagged) -> {args.out}")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """``stellarflow sample``."""
+    from stellarflow.analysis.sampling import parse_label_point, sample_spectra, write_samples
+    from stellarflow.io.atomic import check_writable
+    from stellarflow.train.checkpoint import load_model
+
+    check_writable(args.out, args.overwrite)
+    trained = load_model(args.model)
+    point = parse_label_point(args.at)
+    flux = sample_spectra(
+        trained, point, args.n_samples, temperature=args.temperature, seed=args.seed
+    )
+    write_samples(
+        args.out,
+        flux,
+        trained.wavelength,
+        point,
+        model_path=str(args.model),
+        temperature=args.temperature,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.n_samples} samples at {args.at} -> {args.out}")
+    return 0

@@ -1,0 +1,111 @@
+"""Training configuration: one frozen, validated dataclass saved with every checkpoint."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from stellarflow.errors import StellarflowError
+
+__all__ = ["TrainConfig", "TrainingError"]
+
+_DEVICES = ("auto", "cpu", "cuda")
+_PRECISIONS = ("float32", "tf32", "bf16")
+
+
+class TrainingError(StellarflowError, RuntimeError):
+    """Training could not continue (non-finite losses, inconsistent resume, ...)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train a spectral model.
+
+    Attributes:
+        label_names: label columns the model is conditioned on, e.g. ("TEFF", "LOGG", "FE_H");
+            empty for an unconditional model.
+        model: model family (see ``stellarflow.flows.build_model``).
+        model_options: keyword options of that family (JSON-serialisable).
+        epochs: maximum number of passes over the training stars.
+        batch_size: stars per optimisation step.
+        learning_rate: peak Adam learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up before the cosine decay.
+        validation_fraction: fraction of stars held out (in blocks) for early stopping.
+        patience: epochs without a validation improvement before stopping.
+        grad_clip: maximum global gradient norm.
+        max_bad_steps: consecutive non-finite steps tolerated before training stops.
+        seed: seeds the split, the batch order and the model's initial weights.
+        time_limit: wall-clock budget in minutes (None = no limit); training stops at the
+            end of the epoch that exceeds it, with a checkpoint.
+        device: "auto" (CUDA when present), "cpu" or "cuda" (or "cuda:N").
+        precision: "float32"; on GPU also "tf32" (TF32 matmuls) or "bf16" (autocast).
+        block_size: stars per contiguous block of the split and the shuffle (out-of-core
+            friendly: blocks are read whole).
+        min_good_fraction: stars with a smaller fraction of usable pixels are not trained on.
+    """
+
+    label_names: tuple[str, ...]
+    model: str = "latent"
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 200
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    validation_fraction: float = 0.1
+    patience: int = 15
+    grad_clip: float = 10.0
+    max_bad_steps: int = 20
+    seed: int = 0
+    time_limit: float | None = None
+    device: str = "auto"
+    precision: str = "float32"
+    block_size: int = 256
+    min_good_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label_names", tuple(self.label_names))
+        object.__setattr__(self, "model_options", dict(self.model_options))
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"label_names {self.label_names} contain duplicates")
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "patience": self.patience,
+            "max_bad_steps": self.max_bad_steps,
+            "block_size": self.block_size,
+        }
+        for name, value in positive.items():
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 < self.validation_fraction < 0.9:
+            raise ValueError(
+                f"validation_fraction must be in (0, 0.9), got {self.validation_fraction}"
+            )
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 minutes, got {self.time_limit}")
+        if self.device.split(":")[0] not in _DEVICES:
+            raise ValueError(f"device must be one of {_DEVICES} (or cuda:N), got {self.device}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {self.precision}")
+        if self.grad_clip <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("grad_clip must be > 0; weight_decay and warmup_steps >= 0")
+        if not 0.0 <= self.min_good_fraction < 1.0:
+            raise ValueError(f"min_good_fraction must be in [0, 1), got {self.min_good_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        out = asdict(self)
+        out["label_names"] = list(self.label_names)
+        out["model_options"] = dict(self.model_options)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output (unknown keys are refused)."""
+        return cls(**dict(values))

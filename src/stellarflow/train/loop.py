@@ -1,0 +1,419 @@
+"""The training loop: split, warm start, AdamW with warm-up and cosine decay, clipping,
+a non-finite guard, early stopping on validation log-likelihood, a time budget, a
+checkpoint every epoch and exact resumption.
+
+Losses are reported in nats per (usable) pixel: ``-sum log p / sum n_good_pixels``.
+Resumption is exact at epoch boundaries: the batch order and the model's own randomness
+(importance samples) of epoch ``e`` depend only on ``(seed, e)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stellarflow.data.dataset import SpectralDataset, label_array
+from stellarflow.data.grid import grid_hash
+from stellarflow.data.summary import SpectraSource
+from stellarflow.errors import OutputExistsError
+from stellarflow.train.batches import Batch, iter_batches, split_blocks
+from stellarflow.train.checkpoint import (
+    load_torch,
+    read_json,
+    save_torch,
+    write_json,
+)
+from stellarflow.train.config import TrainConfig, TrainingError
+from stellarflow.train.support import fit_support
+
+__all__ = ["TrainResult", "evaluate", "resolve_device", "train_model"]
+
+logger = logging.getLogger(__name__)
+
+_WARM_START_STARS = 4096
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        path: the model directory.
+        epochs_run: epochs completed in total (including before a resume).
+        best_epoch: epoch of the saved (best-validation) weights.
+        best_validation: validation loss of those weights, nats per pixel.
+        stopped: why training ended ("converged", "epochs", "time_limit").
+        history: per epoch: train and validation nats per pixel, seconds, skipped steps.
+        seconds: wall time of this call.
+    """
+
+    path: Path
+    epochs_run: int
+    best_epoch: int
+    best_validation: float
+    stopped: str
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was requested but no CUDA GPU is available; use cpu")
+    return device
+
+
+def _tensors(batch: Batch, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.as_tensor(batch.flux, device=device, dtype=dtype),
+        torch.as_tensor(batch.ivar, device=device, dtype=dtype),
+        torch.as_tensor(batch.labels, device=device, dtype=dtype),
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    source: SpectraSource | SpectralDataset,
+    blocks: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+) -> float:
+    """Loss on the given blocks in nats per usable pixel: ``-sum log p / sum n_good``."""
+    model.eval()
+    total, pixels = 0.0, 0.0
+    for batch in iter_batches(
+        source, blocks, 1024, config.label_names, min_good_fraction=config.min_good_fraction
+    ):
+        flux, ivar, labels = _tensors(batch, device, torch.float32)
+        log_prob = model(labels if config.label_names else None, ivar=ivar).log_prob(flux)
+        total -= float(log_prob.double().sum())
+        pixels += float((batch.ivar > 0).sum())
+    model.train()
+    return total / max(pixels, 1.0)
+
+
+def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _training_summary(
+    source: SpectraSource | SpectralDataset,
+    train_blocks: np.ndarray,
+    val_blocks: np.ndarray,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    labels = source.labels
+    ranges = {}
+    for name in config.label_names:
+        values = np.asarray(labels[name], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        ranges[name] = [float(values.min()), float(values.max())]
+    return {
+        "n_stars": int(source.n_stars),
+        "n_train_rows": int(np.sum(train_blocks[:, 1] - train_blocks[:, 0])),
+        "n_validation_rows": int(np.sum(val_blocks[:, 1] - val_blocks[:, 0])),
+        "label_ranges": ranges,
+        "survey": getattr(source, "meta", {}).get("survey", ""),
+        "source": str(getattr(source, "path", "in-memory dataset")),
+    }
+
+
+def _prepare_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / "training_state.pt").is_file():
+            raise TrainingError(
+                f"cannot resume: {out} holds no training_state.pt; start without --resume"
+            )
+        return
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"{out} already exists and is not empty; pass --resume to continue that run, "
+            "--overwrite to start afresh, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train_model(
+    source: SpectraSource | SpectralDataset,
+    config: TrainConfig,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a spectral model on a survey and write a model directory.
+
+    Args:
+        source: training spectra: an in-memory dataset or an open survey file.
+        config: the training configuration.
+        out: model directory (created; see ``train.checkpoint`` for its files).
+        resume: continue the run saved in ``out`` exactly where it stopped.
+        overwrite: start afresh even if ``out`` holds files.
+        progress: show a progress bar with train / validation nats per pixel.
+
+    Returns:
+        What the run produced; the best weights are in ``out/model.pt``.
+    """
+    from stellarflow import __version__
+    from stellarflow.flows import build_model
+
+    start_time = time.monotonic()
+    out = Path(out)
+    _prepare_directory(out, resume, overwrite)
+    label_array(source.labels, config.label_names)  # raises LabelError if a label is missing
+    device = resolve_device(config.device)
+    if config.precision == "tf32" and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = config.precision == "bf16" and device.type == "cuda"
+
+    train_blocks, val_blocks = split_blocks(
+        source.n_stars, config.block_size, config.validation_fraction, config.seed
+    )
+    n_context = len(config.label_names)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, source.n_pixels, n_context, **config.model_options)
+    model.to(device)
+
+    if resume:
+        saved_config = TrainConfig.from_dict(read_json(out / "config.json")["train"])
+        if {**saved_config.to_dict(), "epochs": 0, "time_limit": None, "device": ""} != {
+            **config.to_dict(),
+            "epochs": 0,
+            "time_limit": None,
+            "device": "",
+        }:
+            raise TrainingError(
+                f"--resume with a different configuration than the run in {out}; only "
+                "--epochs, --time-limit and --device may change"
+            )
+        state = load_torch(out / "training_state.pt")
+        model.load_state_dict(state["model"])
+        history: list[dict[str, float]] = state["history"]
+        best = float(state["best_validation"])
+        best_epoch = int(state["best_epoch"])
+    else:
+        warm = next(
+            iter_batches(
+                source,
+                train_blocks,
+                _WARM_START_STARS,
+                config.label_names,
+                rng=np.random.default_rng([config.seed, 1]),
+                min_good_fraction=config.min_good_fraction,
+            )
+        )
+        flux, ivar, labels = _tensors(warm, device, torch.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model.initialize_from_data(flux, ivar, labels if n_context else None)
+        history, best, best_epoch = [], math.inf, -1
+        support_labels = warm.labels
+        support = fit_support(support_labels, config.label_names)
+        support.save(out / "support.npz.tmp.npz")
+        os.replace(out / "support.npz.tmp.npz", out / "support.npz")
+        np.save(out / "wavelength.npy", source.wavelength)
+        write_json(
+            out / "config.json",
+            {
+                "train": config.to_dict(),
+                "model": {
+                    "kind": config.model,
+                    "n_pixels": source.n_pixels,
+                    "n_context": n_context,
+                    "options": dict(model.config),
+                },
+            },
+        )
+
+    steps_per_epoch = max(
+        1, int(np.sum(train_blocks[:, 1] - train_blocks[:, 0])) // config.batch_size
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(config, config.epochs * steps_per_epoch)
+    )
+    if resume:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+
+    metadata_base = {
+        "stellarflow_version": __version__,
+        "label_names": list(config.label_names),
+        "n_pixels": source.n_pixels,
+        "grid_hash": grid_hash(source.wavelength),
+        "wavelength_range": [float(source.wavelength[0]), float(source.wavelength[-1])],
+        "training_data": _training_summary(source, train_blocks, val_blocks, config),
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "log_prob_is_exact": bool(getattr(model, "log_prob_is_exact", True)),
+    }
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, initial=len(history), desc="train", unit="epoch")
+    stopped = "epochs"
+    model.train()
+    for epoch in range(len(history), config.epochs):
+        epoch_start = time.monotonic()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed * 100_003 + epoch)
+            train_loss, skipped = _run_epoch(
+                model, optimizer, scheduler, source, train_blocks, config, device, epoch, autocast
+            )
+        validation = evaluate(model, source, val_blocks, config, device)
+        history.append(
+            {
+                "epoch": epoch,
+                "train": train_loss,
+                "validation": validation,
+                "seconds": time.monotonic() - epoch_start,
+                "skipped_steps": skipped,
+                "learning_rate": scheduler.get_last_lr()[0],
+            }
+        )
+        if validation < best:
+            best, best_epoch = validation, epoch
+            save_torch(out / "model.pt", model.state_dict())
+        save_torch(
+            out / "training_state.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "best_validation": best,
+                "best_epoch": best_epoch,
+            },
+        )
+        write_json(
+            out / "metadata.json",
+            {
+                **metadata_base,
+                "history": history,
+                "best_epoch": best_epoch,
+                "best_validation_nats_per_pixel": best,
+            },
+        )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{validation:.4f}", best=best_epoch)
+        if epoch - best_epoch >= config.patience:
+            stopped = "converged"
+            break
+        elapsed = (time.monotonic() - start_time) / 60.0
+        if config.time_limit is not None and elapsed >= config.time_limit:
+            stopped = "time_limit"
+            break
+    if bar is not None:
+        bar.close()
+    write_json(
+        out / "metadata.json",
+        {
+            **metadata_base,
+            "history": history,
+            "best_epoch": best_epoch,
+            "best_validation_nats_per_pixel": best,
+            "stopped": stopped,
+        },
+    )
+    _plot_curve(history, out / "training_curve.png")
+    return TrainResult(
+        path=out,
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        best_validation=best,
+        stopped=stopped,
+        history=history,
+        seconds=time.monotonic() - start_time,
+    )
+
+
+def _run_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    source: SpectraSource | SpectralDataset,
+    blocks: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    autocast: bool,
+) -> tuple[float, int]:
+    """One pass over the training blocks; returns (nats per pixel, skipped steps)."""
+    rng = np.random.default_rng([config.seed, 2, epoch])
+    total, pixels, skipped, consecutive = 0.0, 0.0, 0, 0
+    for batch in iter_batches(
+        source,
+        blocks,
+        config.batch_size,
+        config.label_names,
+        rng=rng,
+        min_good_fraction=config.min_good_fraction,
+        drop_last=True,
+    ):
+        flux, ivar, labels = _tensors(batch, device, torch.float32)
+        context = labels if config.label_names else None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model.loss(flux, ivar, context)
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            skipped, consecutive = skipped + 1, consecutive + 1
+        else:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if not torch.isfinite(norm):
+                optimizer.zero_grad(set_to_none=True)
+                skipped, consecutive = skipped + 1, consecutive + 1
+            else:
+                optimizer.step()
+                consecutive = 0
+                n_good = float((batch.ivar > 0).sum())
+                total += float(loss.detach()) * len(batch)
+                pixels += n_good
+        scheduler.step()
+        if consecutive >= config.max_bad_steps:
+            raise TrainingError(
+                f"{consecutive} consecutive steps had a non-finite loss or gradient (epoch "
+                f"{epoch}); the weights were not updated by them. Lower --learning-rate, "
+                "check the survey for extreme flux values, or resume from the last checkpoint"
+            )
+    if skipped:
+        logger.warning("epoch %d: skipped %d steps with non-finite loss/gradients", epoch, skipped)
+    return total / max(pixels, 1.0), skipped
+
+
+def _plot_curve(history: list[dict[str, float]], path: Path) -> None:
+    from stellarflow.io.atomic import atomic_path
+    from stellarflow.plot.training import plot_training_curve
+
+    figure = plot_training_curve(history)
+    with atomic_path(path, overwrite=True) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
