@@ -47,3 +47,53 @@ def test_split_key(tmp_path) -> None:
     assert split_key(f"{path}:flux") == (str(path), "flux")
     assert split_key(str(path)) == (str(path), None)
     assert split_key("missing.npz:flux") == ("missing.npz:flux", None)
+
+
+def test_import_arrays_command(tmp_path, capsys) -> None:
+    data = make_dataset(n_stars=6, n_pixels=20)
+    np.savez(tmp_path / "spec.npz", flux=data.flux, sigma=data.sigma)
+    np.save(tmp_path / "wave.npy", data.wavelength)
+    table = data.labels.copy()
+    table.rename_column("star_id", "APOGEE_ID")
+    table.write(tmp_path / "labels.csv")
+    out = tmp_path / "s.h5"
+    argv = [
+        "import", "arrays", "--flux", f"{tmp_path / 'spec.npz'}:flux",
+        "--sigma", f"{tmp_path / 'spec.npz'}:sigma", "--wavelength", str(tmp_path / "wave.npy"),
+        "--labels", str(tmp_path / "labels.csv"), "--id-column", "APOGEE_ID", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    from stellarflow.io.hdf5 import read_survey
+
+    back = read_survey(out)
+    np.testing.assert_array_equal(back.mask, data.mask)
+    np.testing.assert_allclose(back.flux[~back.mask], data.flux[~data.mask])
+    # a second run refuses to overwrite and leaves the file as it was
+    assert main(argv) == 1
+    assert "already exists" in capsys.readouterr().err
+    # bad input: a label table with the wrong number of rows leaves no file
+    table[:4].write(tmp_path / "short.csv")
+    argv[argv.index(str(tmp_path / "labels.csv"))] = str(tmp_path / "short.csv")
+    argv[argv.index(str(out))] = str(tmp_path / "t.h5")
+    assert main(argv) == 1
+    assert "4 rows but there are 6" in capsys.readouterr().err
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_import_apogee_command(tmp_path, capsys) -> None:
+    from tests.io.test_apogee import write_allstar, write_aspcapstar
+
+    spectra = tmp_path / "spectra"
+    spectra.mkdir()
+    for k in range(3):
+        write_aspcapstar(spectra / f"aspcapStar-dr17-2M{k}.fits", f"2M{k}", seed=k)
+    rows = [{"id": f"2M{k}", "teff": 4000.0 + k, "snr": 100.0} for k in (0, 1)]
+    catalogue = write_allstar(tmp_path / "allStar.fits", rows)
+    out = tmp_path / "s.h5"
+    base = ["import", "apogee", "--spectra", str(spectra), "--catalogue", str(catalogue)]
+    assert main([*base, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 2 stars" in printed and "aspcapStar-dr17-2M2.fits" in printed
+    assert main([*base, "--out", str(tmp_path / "t.h5"), "--on-error", "raise"]) == 1
+    assert "2M2" in capsys.readouterr().err
+    assert not (tmp_path / "t.h5").exists()

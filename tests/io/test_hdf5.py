@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 from astropy.table import Table
-from tests.conftest import make_dataset
 
 from stellarflow import DataValidationError, FileFormatError, OutputExistsError
 from stellarflow.errors import GridMismatchError
@@ -17,6 +16,7 @@ from stellarflow.io.hdf5 import (
     read_survey,
     write_survey,
 )
+from tests.conftest import make_dataset
 
 
 def test_round_trip_exact(tmp_path) -> None:

@@ -115,7 +115,7 @@ def run_mock(args: argparse.Namespace) -> int:
 
 def run_import_apogee(args: argparse.Namespace) -> int:
     """``stellarflow import apogee``."""
-    from stellarflow.io.apogee import import_apogee
+    from stellarflow.io.apogee_import import import_apogee
 
     report = import_apogee(
         args.spectra,
