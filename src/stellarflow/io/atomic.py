@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,10 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
         ...     table.write(tmp, format="ascii.ecsv")
     """
     target = check_writable(path, overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # A private folder beside the target: the temporary file keeps the target's name (so
+    # writers that look at the suffix still work) and does not exist until written.
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = folder / target.name
     try:
         yield tmp
         if target.exists() and not overwrite:
@@ -56,5 +58,4 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
             )
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
