@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stellarflow.errors import StellarflowError
 from stellarflow.io.atomic import atomic_path
 from stellarflow.train.checkpoint import read_json, write_json
@@ -26,7 +28,8 @@ __all__ = ["DEMO_SIZES", "DemoConfig", "run_demo"]
 
 # small: minutes on a 2-core laptop; full: the native 7,514-pixel APOGEE grid.
 DEMO_SIZES: dict[str, dict[str, Any]] = {
-    "small": {"n_stars": 3000, "n_pixels": 1024},
+    # 1,024 pixels around 15,600-15,900 A: Mg, Si, Fe, Ce and CO features, across a chip gap
+    "small": {"n_stars": 3000, "n_pixels": 1024, "pixel_offset": 2400},
     "full": {"n_stars": 25000, "n_pixels": None},
 }
 
@@ -145,14 +148,40 @@ def _summary_lines(survey_path: Path) -> list[str]:
         return summarize(survey).lines()
 
 
+def _showcase_rows(truth: Any, n_show: int = 3) -> np.ndarray:
+    """Rows of a few normal, high-S/N stars spanning the temperature range."""
+    normal = np.flatnonzero(
+        (np.asarray(truth["outlier_kind"]).astype(str) == "")
+        & (np.asarray(truth["SNR"]) > np.median(truth["SNR"]))
+    )
+    order = normal[np.argsort(np.asarray(truth["TEFF"])[normal])]
+    picks = np.linspace(0, order.size - 1, n_show + 2)[1:-1].round().astype(int)
+    return np.sort(order[picks])
+
+
 def _mock_figures(survey_path: Path, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
+    from stellarflow.data.dataset import concatenate
+    from stellarflow.io.hdf5 import open_survey
     from stellarflow.plot.mock import plot_mock_population, plot_mock_spectra
 
+    with open_survey(survey_path) as survey:
+        truth = survey.read_table("truth/labels")
+        rows = _showcase_rows(truth)
+        shown = concatenate([survey.read(int(r), int(r) + 1) for r in rows])
+        truth_flux = np.stack([survey.read_truth_flux(int(r), int(r) + 1)[0] for r in rows])
+        linelist = survey.read_table("truth/linelist")
     figures = {
-        "mock_spectra.png": plot_mock_spectra(survey_path),
-        "mock_population.png": plot_mock_population(survey_path),
+        "mock_spectra.png": plot_mock_spectra(
+            shown.wavelength,
+            shown.flux,
+            linelist,
+            truth_flux=truth_flux,
+            mask=shown.mask,
+            labels=truth[rows],
+        ),
+        "mock_population.png": plot_mock_population(truth),
     }
     for name, figure in figures.items():
         with atomic_path(out / name, overwrite=True) as tmp:

@@ -28,7 +28,10 @@ def register(commands: Any) -> None:
         help="comma-separated label columns to condition on ('' = unconditional)",
     )
     train.add_argument("--out", type=Path, required=True, help="model directory")
-    train.add_argument("--model", default="latent", help="model family (default: latent)")
+    train.add_argument(
+        "--model", default="latent_flow",
+        help="model family: latent_flow (default), factor_analysis, cannon, coupling",
+    )
     train.add_argument("--epochs", type=int, default=200, help="maximum epochs (default 200)")
     train.add_argument("--time-limit", type=float, default=None, help="budget in minutes")
     train.add_argument("--batch-size", type=int, default=256)

@@ -3,7 +3,7 @@
 A model directory holds::
 
     model.pt            state dict of the best weights (tensors only; torch.load(weights_only))
-    config.json         {"train": TrainConfig, "model": {kind, n_pixels, n_context, options}}
+    config.json         {"train": TrainConfig, "model": model.config (kind, sizes, options)}
     metadata.json       package version, label names, grid hash, training-data summary, history
     wavelength.npy      (n_pixels,) vacuum Angstrom grid the model was trained on
     support.npz         the training labels' support (see ``train.support``)
@@ -124,8 +124,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         )
     config = read_json(directory / "config.json")
     metadata = read_json(directory / "metadata.json")
-    spec = config["model"]
-    model = build_model(spec["kind"], spec["n_pixels"], spec["n_context"], **spec["options"])
+    model = build_model(**config["model"])
     state = load_torch(directory / "model.pt")
     try:
         model.load_state_dict(state)

@@ -48,7 +48,7 @@ class TrainConfig:
     """
 
     label_names: tuple[str, ...]
-    model: str = "latent"
+    model: str = "latent_flow"
     model_options: Mapping[str, Any] = field(default_factory=dict)
     epochs: int = 200
     batch_size: int = 256

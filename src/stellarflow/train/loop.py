@@ -175,7 +175,7 @@ def train_model(
         What the run produced; the best weights are in ``out/model.pt``.
     """
     from stellarflow import __version__
-    from stellarflow.flows import build_model
+    from stellarflow.flows import FlowInputError, build_model
 
     start_time = time.monotonic()
     out = Path(out)
@@ -193,7 +193,10 @@ def train_model(
     n_context = len(config.label_names)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(config.model, source.n_pixels, n_context, **config.model_options)
+        try:
+            model = build_model(config.model, source.n_pixels, n_context, **config.model_options)
+        except FlowInputError as err:
+            raise TrainingError(f"cannot build the model: {err}") from None
     model.to(device)
 
     if resume:
@@ -238,12 +241,7 @@ def train_model(
             out / "config.json",
             {
                 "train": config.to_dict(),
-                "model": {
-                    "kind": config.model,
-                    "n_pixels": source.n_pixels,
-                    "n_context": n_context,
-                    "options": dict(model.config),
-                },
+                "model": dict(model.config),
             },
         )
 
