@@ -69,6 +69,7 @@ def test_support_flags_points_outside_training_labels() -> None:
     assert inside.mean() > 0.99
     probes = np.array([[4600, 2.4], [4600, 6.0], [8000, 2.4], [np.nan, 2.4]])
     np.testing.assert_array_equal(support.contains(probes), [True, False, False, False])
+    assert support.distance(probes[:1])[0] < 1.5  # a core point has a ratio near one
     with pytest.raises(DataValidationError, match="expected"):
         support.distance(np.ones((2, 3)))
 

@@ -33,7 +33,8 @@ def score_chunk(
     Returns:
         Columns (each `(n_stars,)`): ``log_prob`` (nats; NaN where not scored),
         ``log_prob_per_pixel`` (nats per usable pixel), ``n_good_pixels``, ``supported``
-        (labels inside the training support), ``support_distance``, ``enough_pixels``.
+        (labels inside the training support), ``support_ratio`` (local-outlier ratio of
+        the labels; about 1 inside the training labels), ``enough_pixels``.
     """
     model = trained.model
     device = next(model.parameters()).device
@@ -55,7 +56,7 @@ def score_chunk(
         "log_prob_per_pixel": log_prob / np.maximum(n_good, 1),
         "n_good_pixels": n_good,
         "supported": supported,
-        "support_distance": trained.support.distance(labels),
+        "support_ratio": trained.support.distance(labels),
         "enough_pixels": enough,
     }
 
@@ -80,7 +81,7 @@ def score_survey(
     Returns:
         A table in survey order: ``star_id``, ``log_prob`` (nats, log p(flux | labels) with
         each star's noise and mask), ``log_prob_per_pixel``, ``n_good_pixels``,
-        ``supported``, ``support_distance``, ``enough_pixels``. Its meta records whether
+        ``supported``, ``support_ratio``, ``enough_pixels``. Its meta records whether
         ``log_prob`` is exact or an estimate.
     """
     check_compatible(trained, source.wavelength, source.labels.colnames)

@@ -1,13 +1,18 @@
 """The training set's label support: which label points a model may be trusted at.
 
 A star whose labels lie outside the region the model was trained on is not an outlier; it
-is *unsupported*. We measure how far a label point is from the training labels by the
-distance to its ``k``-th nearest training neighbour in standardised label space
-(``(label - median) / (1.4826 * MAD)`` per label), and call the point supported when that
-distance is at most ``threshold``: twice the 99th percentile of the same distance among the
-training labels themselves. The factor two leaves room for the sampling noise of the
-reference set while rejecting points beyond the edges of the population (an isolated
-metal-poor giant, a dwarf in a giant sample).
+is *unsupported*. In standardised label space (``(label - median) / (1.4826 * MAD)`` per
+label) we compare a point's distance to its ``k``-th nearest training neighbour, ``d_k(x)``,
+with the same distance of those neighbours themselves (a local-outlier-factor ratio)::
+
+    ratio(x) = d_k(x) / median_{j in kNN(x)} d_k(j)
+
+A point inside the population, dense core or sparse metal-poor tail alike, has a ratio near
+one; a point beyond the edge (a dwarf among giants, a metallicity past the last training
+star) has a large one. The point is supported when the ratio is at most ``threshold``: 1.5
+times the 99th percentile of the ratio among the training labels themselves (each left out
+of its own neighbours). A ratio rather than a raw distance keeps the test equally strict
+in dense and sparse parts of label space, and for small and large training sets.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ class LabelSupport:
         center: `(n_labels,)` medians of the training labels (physical units).
         scale: `(n_labels,)` robust spreads (1.4826 MAD) of the training labels.
         reference: `(n_reference, n_labels)` standardised training labels (a subsample).
-        threshold: largest supported k-NN distance, standardised units.
+        reference_dk: `(n_reference,)` each reference point's k-NN distance (itself left out).
+        threshold: largest supported local-outlier ratio.
         k: which neighbour's distance is used.
     """
 
@@ -42,17 +48,19 @@ class LabelSupport:
     center: np.ndarray
     scale: np.ndarray
     reference: np.ndarray
+    reference_dk: np.ndarray
     threshold: float
     k: int
 
     def distance(self, labels: np.ndarray) -> np.ndarray:
-        """Distance of each label point to its k-th nearest training point.
+        """Local-outlier ratio of each label point with respect to the training labels.
 
         Args:
             labels: `(n_stars, n_labels)`, physical units.
 
         Returns:
-            `(n_stars,)` standardised distance; inf where a label is not finite.
+            `(n_stars,)` ratio ``d_k(x) / median d_k(neighbours)`` (about 1 inside the
+            population); inf where a label is not finite.
         """
         labels = np.asarray(labels, dtype=np.float64)
         if labels.ndim != 2 or labels.shape[1] != len(self.label_names):
@@ -67,8 +75,8 @@ class LabelSupport:
         finite = np.all(np.isfinite(labels), axis=1)
         if np.any(finite):
             tree = cKDTree(self.reference)
-            dist, _ = tree.query((labels[finite] - self.center) / self.scale, k=self.k)
-            out[finite] = dist if self.k == 1 else dist[:, -1]
+            dist, index = tree.query((labels[finite] - self.center) / self.scale, k=self.k)
+            out[finite] = _ratio(dist, index, self.reference_dk)
         return out
 
     def contains(self, labels: np.ndarray) -> np.ndarray:
@@ -83,6 +91,7 @@ class LabelSupport:
             center=self.center,
             scale=self.scale,
             reference=self.reference,
+            reference_dk=self.reference_dk,
             threshold=np.float64(self.threshold),
             k=np.int64(self.k),
         )
@@ -97,6 +106,7 @@ class LabelSupport:
                     data["center"],
                     data["scale"],
                     data["reference"],
+                    data["reference_dk"],
                     float(data["threshold"]),
                     int(data["k"]),
                 )
@@ -123,7 +133,7 @@ def fit_support(
     n_labels = len(label_names)
     if n_labels == 0:
         empty = np.zeros(0)
-        return LabelSupport((), empty, empty, np.zeros((1, 0)), 0.0, 1)
+        return LabelSupport((), empty, empty, np.zeros((1, 0)), np.ones(1), 0.0, 1)
     if labels.shape[0] <= k:
         raise DataValidationError(
             f"{labels.shape[0]} training stars are too few to describe the label support "
@@ -136,6 +146,16 @@ def fit_support(
     if standard.shape[0] > _MAX_REFERENCE:
         rng = rng or np.random.default_rng(0)
         standard = standard[rng.choice(standard.shape[0], _MAX_REFERENCE, replace=False)]
-    dist, _ = cKDTree(standard).query(standard, k=k + 1)  # neighbour 0 is the point itself
-    threshold = 2.0 * float(np.percentile(dist[:, -1], 99))
-    return LabelSupport(tuple(label_names), center, scale, standard, threshold, k)
+    dist, index = cKDTree(standard).query(standard, k=k + 1)
+    dist, index = dist[:, 1:], index[:, 1:]  # neighbour 0 is the point itself
+    reference_dk = np.maximum(dist[:, -1], 1e-12)
+    ratio = _ratio(dist, index, reference_dk)
+    threshold = 1.5 * float(np.percentile(ratio, 99))
+    return LabelSupport(tuple(label_names), center, scale, standard, reference_dk, threshold, k)
+
+
+def _ratio(dist: np.ndarray, index: np.ndarray, reference_dk: np.ndarray) -> np.ndarray:
+    """``d_k(x) / median_j d_k(j)`` over the k neighbours j of each point x."""
+    dist = dist[:, None] if dist.ndim == 1 else dist
+    index = index[:, None] if index.ndim == 1 else index
+    return dist[:, -1] / np.median(reference_dk[index], axis=1)

@@ -1,0 +1,120 @@
+"""`stellarflow train`, `score` and `sample` end to end on a tiny mock (in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from astropy.table import Table
+
+from stellarflow.cli.main import main
+from stellarflow.io.hdf5 import open_survey, write_survey
+from stellarflow.mock import MockConfig, write_mock_survey
+from stellarflow.train.checkpoint import load_model
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mock") / "mock.h5"
+    write_mock_survey(path, MockConfig(n_stars=600, n_pixels=64, pixel_offset=600, seed=1))
+    return path
+
+
+def _train(survey, out, *extra: str) -> int:
+    argv = ["-q", "train", str(survey), "--out", str(out), "--model", "factor_analysis",
+            "--batch-size", "64", *extra]  # fmt: skip
+    return main(argv)
+
+
+def test_train_score_sample(survey, tmp_path, capsys) -> None:
+    model_dir = tmp_path / "model"
+    assert _train(survey, model_dir, "--epochs", "4") == 0
+    for name in ("model.pt", "config.json", "metadata.json", "wavelength.npy", "support.npz",
+                 "training_state.pt", "training_curve.png"):  # fmt: skip
+        assert (model_dir / name).stat().st_size > 0
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["label_names"] == ["TEFF", "LOGG", "FE_H"]
+    assert len(metadata["history"]) == 4 and metadata["stopped"] == "epochs"
+
+    scores_path = tmp_path / "scores.ecsv"
+    assert main(["-q", "score", str(model_dir), str(survey), "--out", str(scores_path)]) == 0
+    scores = Table.read(scores_path)
+    with open_survey(survey) as data:
+        assert list(scores["star_id"]) == list(data.star_id)
+    assert {"log_prob", "supported", "n_good_pixels"} <= set(scores.colnames)
+    # this window holds the mock's persistence region: ~10% of stars have too few pixels
+    # left and are flagged, not scored
+    enough = np.asarray(scores["enough_pixels"])
+    np.testing.assert_array_equal(np.isfinite(scores["log_prob"]), enough)
+    assert 0.8 < enough.mean() < 0.99
+    assert scores["supported"].mean() > 0.95
+
+    samples = tmp_path / "samples.h5"
+    argv = ["-q", "sample", str(model_dir), "--at", "TEFF=4750,LOGG=2.5,FE_H=0", "-n", "50",
+            "--out", str(samples)]  # fmt: skip
+    assert main(argv) == 0
+    with h5py.File(samples) as handle:
+        assert handle["flux"].shape == (50, 64)
+        assert handle.attrs["label_TEFF"] == 4750
+        assert np.all(np.isfinite(handle["flux"][()]))
+    capsys.readouterr()
+    bad = ["-q", "sample", str(model_dir), "--at", "TEFF=4750,LOGG=2.5", "--out",
+           str(tmp_path / "s2.h5")]  # fmt: skip
+    assert main(bad) == 1
+    assert "missing ['FE_H']" in capsys.readouterr().err
+    assert not (tmp_path / "s2.h5").exists()
+
+
+def test_resume_continues_exactly(survey, tmp_path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(survey, straight, "--epochs", "4") == 0
+    assert _train(survey, resumed, "--epochs", "2") == 0
+    assert _train(survey, resumed, "--epochs", "4", "--resume") == 0
+    a = torch.load(straight / "training_state.pt", weights_only=True)
+    b = torch.load(resumed / "training_state.pt", weights_only=True)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
+    assert [h["validation"] for h in a["history"]] == pytest.approx(
+        [h["validation"] for h in b["history"]], rel=1e-5
+    )
+
+
+def test_train_refuses_bad_runs(survey, tmp_path, capsys) -> None:
+    model_dir = tmp_path / "model"
+    assert _train(survey, model_dir, "--epochs", "1") == 0
+    assert _train(survey, model_dir, "--epochs", "1") == 1
+    assert "--resume" in capsys.readouterr().err
+    assert _train(survey, tmp_path / "m2", "--labels", "TEFF,NOPE_FE") == 1
+    assert "NOPE_FE" in capsys.readouterr().err
+    assert _train(survey, tmp_path / "m3", "--resume") == 1
+    assert "no training_state.pt" in capsys.readouterr().err
+    assert main(["-q", "train", str(survey), "--out", str(tmp_path / "m4"), "--model", "x"]) == 1
+    assert "unknown model kind" in capsys.readouterr().err
+
+
+def test_score_refuses_other_grid_and_flags_unsupported(survey, tmp_path, capsys) -> None:
+    model_dir = tmp_path / "model"
+    assert _train(survey, model_dir, "--epochs", "2") == 0
+    with open_survey(survey) as data:
+        spectra = data.read(0, 20)
+    other = tmp_path / "other.h5"
+    from stellarflow import SpectralDataset
+
+    shifted = SpectralDataset(spectra.flux, spectra.ivar, spectra.wavelength * 1.001,
+                              spectra.labels, mask=spectra.mask)  # fmt: skip
+    write_survey(shifted, other)
+    assert main(["-q", "score", str(model_dir), str(other), "--out", str(tmp_path / "x.ecsv")]) == 1
+    assert "resample" in capsys.readouterr().err
+    assert not (tmp_path / "x.ecsv").exists()
+    # a dwarf among giants: unsupported, flagged in its own column
+    spectra.labels["LOGG"][0] = 4.6
+    odd = tmp_path / "odd.h5"
+    write_survey(spectra, odd)
+    assert main(["-q", "score", str(model_dir), str(odd), "--out", str(tmp_path / "o.ecsv")]) == 0
+    scores = Table.read(tmp_path / "o.ecsv")
+    assert not scores["supported"][0] and scores["supported"][1:].mean() > 0.9
+    trained = load_model(model_dir)
+    assert trained.support.contains(np.array([[4750.0, 2.5, 0.0]]))[0]
