@@ -14,7 +14,7 @@ from astropy.table import Table
 
 from stellarflow.data.dataset import ID_COLUMN, SpectralDataset
 from stellarflow.data.summary import SpectraSource
-from stellarflow.train.checkpoint import TrainedModel, check_compatible
+from stellarflow.train.checkpoint import TrainedModel, check_compatible, log_prob_is_exact
 
 __all__ = ["score_chunk", "score_survey"]
 
@@ -104,5 +104,6 @@ def score_survey(
         table[name] = np.concatenate([p[name] for p in parts])
     table["log_prob"].unit = "nat"
     table.meta["model"] = str(trained.path)
-    table.meta["log_prob_is_exact"] = bool(getattr(trained.model, "log_prob_is_exact", True))
+    # whether log_prob is exact or an importance-sampled estimate (a lower bound on average)
+    table.meta["log_prob_is_exact"] = log_prob_is_exact(trained.model)
     return table

@@ -35,6 +35,7 @@ __all__ = [
     "TrainedModel",
     "check_compatible",
     "load_model",
+    "log_prob_is_exact",
     "read_json",
     "save_torch",
     "write_json",
@@ -77,6 +78,16 @@ def load_torch(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as err:
         raise FileFormatError(f"cannot read {path}: {err}") from None
+
+
+@torch.no_grad()
+def log_prob_is_exact(model: torch.nn.Module) -> bool:
+    """Whether the model's noise-aware ``log_prob`` is exact (not a stochastic estimate)."""
+    like = next(model.parameters())
+    n_context = int(model.n_context)
+    context = like.new_zeros(1, n_context) if n_context else None
+    ivar = like.new_ones(1, int(model.n_pixels))
+    return bool(model(context, ivar=ivar).log_prob_is_exact)
 
 
 @dataclass

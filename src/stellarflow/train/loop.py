@@ -28,6 +28,7 @@ from stellarflow.errors import OutputExistsError
 from stellarflow.train.batches import Batch, iter_batches, split_blocks
 from stellarflow.train.checkpoint import (
     load_torch,
+    log_prob_is_exact,
     read_json,
     save_torch,
     write_json,
@@ -266,7 +267,7 @@ def train_model(
         "wavelength_range": [float(source.wavelength[0]), float(source.wavelength[-1])],
         "training_data": _training_summary(source, train_blocks, val_blocks, config),
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "log_prob_is_exact": bool(getattr(model, "log_prob_is_exact", True)),
+        "log_prob_is_exact": log_prob_is_exact(model),
     }
 
     bar = None
