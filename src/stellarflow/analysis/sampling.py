@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -13,7 +14,7 @@ from stellarflow.errors import LabelError
 from stellarflow.io.atomic import atomic_path
 from stellarflow.train.checkpoint import TrainedModel
 
-__all__ = ["parse_label_point", "sample_spectra", "write_samples"]
+__all__ = ["parse_label_point", "sample_spectra", "stars_near", "write_samples"]
 
 
 def parse_label_point(text: str) -> dict[str, float]:
@@ -120,3 +121,41 @@ def write_samples(
             handle.attrs[f"label_{name}"] = value
         handle.create_dataset("flux", data=flux, chunks=True)
         handle.create_dataset("wavelength", data=wavelength)
+
+
+def stars_near(
+    labels: Any,
+    point: Mapping[str, float],
+    widths: Mapping[str, float] | None = None,
+    *,
+    min_stars: int = 20,
+) -> np.ndarray:
+    """Rows of a label table inside a box around a label point.
+
+    The box starts at ``widths`` (default: 100 K in TEFF, 0.2 dex in LOGG, 0.1 dex for
+    abundances) and doubles until it holds ``min_stars`` stars (at most five times).
+
+    Args:
+        labels: an astropy Table with the point's label columns.
+        point: label values by name.
+        widths: half-widths of the box per label, in the labels' units.
+        min_stars: stars wanted.
+
+    Returns:
+        `(n,)` int row numbers (possibly fewer than ``min_stars``).
+    """
+    from stellarflow.data.dataset import label_array
+
+    names = list(point)
+    values = label_array(labels, names)
+    centre = np.array([point[name] for name in names])
+    default = {"TEFF": 100.0, "LOGG": 0.2}
+    half = np.array([(widths or {}).get(n, default.get(n, 0.1)) for n in names])
+    rows = np.zeros(0, dtype=int)
+    for _ in range(6):
+        inside = np.all(np.abs(values - centre) <= half, axis=1)
+        rows = np.flatnonzero(inside)
+        if rows.size >= min_stars:
+            break
+        half = half * 2
+    return rows

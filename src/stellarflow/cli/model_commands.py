@@ -29,7 +29,8 @@ def register(commands: Any) -> None:
     )
     train.add_argument("--out", type=Path, required=True, help="model directory")
     train.add_argument(
-        "--model", default="latent_flow",
+        "--model",
+        default="latent_flow",
         help="model family: latent_flow (default), factor_analysis, cannon, coupling",
     )
     train.add_argument("--epochs", type=int, default=200, help="maximum epochs (default 200)")
@@ -66,7 +67,19 @@ def register(commands: Any) -> None:
     sample.add_argument("--temperature", type=float, default=1.0, help="base-density scale")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", type=Path, required=True, help="output file (.h5)")
-    sample.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    sample.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="survey file: also draw the samples beside its stars near the label point",
+    )
+    sample.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        help="where to write that figure (default: --out with .png)",
+    )
+    sample.add_argument("--overwrite", action="store_true", help="replace existing files")
     sample.set_defaults(handler=run_sample)
 
 
@@ -155,4 +168,40 @@ def run_sample(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote {args.n_samples} samples at {args.at} -> {args.out}")
+    if args.compare is not None:
+        figure_path = args.figure or args.out.with_suffix(".png")
+        n_stars = _compare_figure(args.compare, trained, flux, point, figure_path, args.overwrite)
+        print(f"figure of the samples beside {n_stars} stars near {args.at} -> {figure_path}")
     return 0
+
+
+def _compare_figure(
+    survey_path: Path,
+    trained: Any,
+    samples: Any,
+    point: dict[str, float],
+    figure_path: Path,
+    overwrite: bool,
+) -> int:
+    import matplotlib.pyplot as plt
+
+    from stellarflow.analysis.sampling import stars_near
+    from stellarflow.data.dataset import concatenate
+    from stellarflow.io.atomic import atomic_path
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.plot.model import plot_samples_vs_data
+    from stellarflow.train.checkpoint import check_compatible
+
+    with open_survey(survey_path) as survey:
+        check_compatible(trained, survey.wavelength, survey.labels.colnames)
+        rows = stars_near(survey.labels, point)[:200]
+        if rows.size == 0:
+            raise DataValidationError(
+                f"{survey_path} has no stars near {point}; choose a label point inside it"
+            )
+        near = concatenate([survey.read(int(r), int(r) + 1) for r in rows])
+    figure = plot_samples_vs_data(trained.wavelength, samples, near.flux, near.mask, point=point)
+    with atomic_path(figure_path, overwrite=overwrite) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return int(rows.size)
