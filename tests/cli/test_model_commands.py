@@ -62,7 +62,8 @@ def test_train_score_sample(survey, tmp_path, capsys) -> None:
         assert np.all(np.isfinite(handle["flux"][()]))
     figure = tmp_path / "compare.png"
     compare = ["-q", "sample", str(model_dir), "--at", "TEFF=4750,LOGG=2.5,FE_H=0", "-n", "20",
-               "--out", str(tmp_path / "s3.h5"), "--compare", str(survey), "--figure", str(figure)]  # fmt: skip
+               "--out", str(tmp_path / "s3.h5"), "--compare", str(survey),
+               "--figure", str(figure)]  # fmt: skip
     assert main(compare) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
