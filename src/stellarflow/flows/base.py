@@ -1,0 +1,226 @@
+r"""What every spectral model shares: standardisation buffers, checks, loss and the API.
+
+Standardisation lives inside the model as buffers, so a checkpoint is self-contained:
+
+* labels: :math:`l = (c - c_{loc}) / c_{scale}` (an input transform; no Jacobian term,
+  since the density is over flux, not labels);
+* flux: :math:`u = (x - m) / s` per pixel, which adds :math:`-\sum_{i \in O} \log s_i` to
+  every ``log_prob`` (DESIGN-NOTES 1), so ``log_prob`` is in nats for the flux in its own
+  (continuum-normalised) units.
+
+Every model is called zuko-style, ``model(context, ivar=None, temperature=1.0)``, and returns
+a :class:`torch.distributions.Distribution` with batch shape `(n_stars,)` and event shape
+`(n_pixels,)`. A generic training loop needs only :meth:`SpectralModel.loss` and
+:meth:`SpectralModel.initialize_from_data`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from stellarflow.flows._checks import FlowInputError, check_context, check_flux, check_ivar
+from stellarflow.flows.linear_gaussian import n_quadratic_terms, quadratic_features
+
+__all__ = [
+    "QuadraticMean",
+    "SpectralModel",
+    "check_positive",
+    "star_chunks",
+]
+
+
+def check_positive(name: str, value: int | float, *, allow_zero: bool = False) -> None:
+    """Raise :class:`FlowInputError` unless ``value`` is > 0 (>= 0 with ``allow_zero``)."""
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise FlowInputError(f"{name} must be {bound}, got {value}")
+
+
+def star_chunks(n_stars: int, chunk_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``chunk_size`` stars."""
+    for start in range(0, n_stars, chunk_size):
+        yield slice(start, min(start + chunk_size, n_stars))
+
+
+class QuadraticMean(nn.Module):
+    r"""The label-dependent mean in standardised pixel units.
+
+    .. math:: \mu(l) = a(l)^T \Theta + \mathrm{MLP}(l), \qquad
+              a(l) = [1, l_i, l_i l_j\ (i \le j)]
+
+    with :math:`\Theta` `(n_terms, n_pixels)` (The Cannon's quadratic model) and an optional
+    small MLP residual (SiLU, two hidden layers of width ``hidden``).
+
+    Args:
+        n_pixels: number of pixels.
+        n_context: number of labels ``L``.
+        hidden: width of the MLP residual; 0 disables it.
+    """
+
+    def __init__(self, n_pixels: int, n_context: int, hidden: int = 0) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.zeros(n_quadratic_terms(n_context), n_pixels))
+        self.mlp: nn.Module | None = None
+        if hidden > 0 and n_context > 0:
+            self.mlp = nn.Sequential(
+                nn.Linear(n_context, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, n_pixels),
+            )
+            # Nearly zero at start, so the least-squares warm start is what the model uses.
+            nn.init.normal_(self.mlp[-1].weight, std=1e-4)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, labels: Tensor | None) -> Tensor:
+        """Mean for standardised labels `(*batch, L)` (or None): `(*batch, n_pixels)`."""
+        mean = quadratic_features(labels, self.theta) @ self.theta
+        if self.mlp is not None and labels is not None:
+            mean = mean + self.mlp(labels)
+        return mean
+
+
+class SpectralModel(nn.Module):
+    """Base class: standardisation buffers, argument checks, ``loss`` and ``config``.
+
+    Subclasses set ``kind``, ``noise_aware``, ``self.options`` (a frozen config dataclass
+    holding ``n_pixels``, ``n_context`` and every constructor option) and implement
+    ``forward`` and ``initialize_from_data``.
+
+    Buffers (all saved in ``state_dict``):
+        flux_loc, flux_scale: `(n_pixels,)`, flux units; :math:`u = (x - m) / s`.
+        context_loc, context_scale: `(n_context,)`, label units; :math:`l = (c - c_0)/c_s`.
+        context_min, context_max: `(n_context,)`, the training labels' range (for
+            :meth:`context_in_support`); infinite until :meth:`initialize_from_data`.
+    """
+
+    kind: ClassVar[str] = ""
+    noise_aware: ClassVar[bool] = True
+    options: Any
+
+    def __init__(self, n_pixels: int, n_context: int) -> None:
+        super().__init__()
+        self.n_pixels = int(n_pixels)
+        self.n_context = int(n_context)
+        self.register_buffer("flux_loc", torch.zeros(n_pixels))
+        self.register_buffer("flux_scale", torch.ones(n_pixels))
+        self.register_buffer("context_loc", torch.zeros(n_context))
+        self.register_buffer("context_scale", torch.ones(n_context))
+        self.register_buffer("context_min", torch.full((n_context,), -math.inf))
+        self.register_buffer("context_max", torch.full((n_context,), math.inf))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments: ``build_model(**model.config)`` rebuilds."""
+        return {"kind": self.kind, **asdict(self.options)}
+
+    def standardize_context(self, context: Tensor | None) -> Tensor | None:
+        """Standardised labels `(*batch, n_context)`, dimensionless (None stays None)."""
+        if context is None:
+            return None
+        return (context - self.context_loc) / self.context_scale
+
+    def context_in_support(self, context: Tensor) -> Tensor:
+        """True per star `(*batch,)` where every label lies in the training range."""
+        inside = (context >= self.context_min) & (context <= self.context_max)
+        return inside.all(-1)
+
+    def _check_inputs(
+        self, context: Tensor | None, ivar: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        context = check_context(context, self.n_context, self.flux_loc)
+        ivar = check_ivar(ivar, self.n_pixels, self.flux_loc)
+        return context, ivar
+
+    def observed_log_prob(
+        self,
+        flux: Tensor,
+        ivar: Tensor | None,
+        context: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """log p(observed flux | context) in nats per star, with each star's noise and mask.
+
+        For noise-aware models this is ``model(context, ivar=ivar).log_prob(flux)``; see the
+        subclass for whether it is exact or an estimate.
+
+        Args:
+            flux: `(n_stars, n_pixels)`, continuum-normalised; anything at masked pixels.
+            ivar: `(n_stars, n_pixels)`, 1 / flux units squared, 0 = masked; None means
+                noise-free, fully observed spectra.
+            context: `(n_stars, n_context)` labels in physical units, or None.
+            generator: random numbers for stochastic estimates.
+
+        Returns:
+            `(n_stars,)`, nats.
+        """
+        check_flux(flux, self.n_pixels, self.flux_loc, finite=False)
+        log_prob = self(context, ivar=ivar, generator=generator).log_prob(flux)
+        self._check_result(log_prob, flux, ivar)
+        return log_prob
+
+    def _check_result(self, log_prob: Tensor, flux: Tensor, ivar: Tensor | None) -> None:
+        """Explain a non-finite log_prob if bad flux caused it (cheaper than checking first)."""
+        if not bool(torch.isfinite(log_prob).all()):
+            check_flux(flux, self.n_pixels, self.flux_loc, None if ivar is None else ivar > 0)
+
+    def loss(self, flux: Tensor, ivar: Tensor | None, context: Tensor | None) -> Tensor:
+        """Training objective: mean negative log-likelihood per star, nats (a scalar)."""
+        return -self.observed_log_prob(flux, ivar, context).mean()
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups with suggested learning rates (one group by default).
+
+        ``torch.optim.Adam(model.parameter_groups(lr))``; subclasses may slow down parts that
+        overfit easily.
+        """
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    @torch.no_grad()
+    def set_standardization(
+        self, flux: Tensor, ivar: Tensor | None, context: Tensor | None, chunk_size: int = 4096
+    ) -> None:
+        r"""Set the buffers from data: masked per-pixel mean and std of flux, label moments.
+
+        :math:`m_i` and :math:`s_i` are the mean and standard deviation of the observed
+        (``ivar > 0``) flux of pixel i across stars (1 and 1 for a pixel never observed;
+        :math:`s_i \geq 10^{-6}`); labels get their mean, standard deviation and range.
+        """
+        context, ivar = self._check_inputs(context, ivar)
+        check_flux(flux, self.n_pixels, self.flux_loc, None if ivar is None else ivar > 0)
+        acc = torch.zeros(3, self.n_pixels, dtype=torch.float64, device=flux.device)
+        for part in star_chunks(flux.shape[0], chunk_size):
+            x = flux[part].double()
+            obs = torch.ones_like(x, dtype=torch.bool) if ivar is None else ivar[part] > 0
+            x = torch.where(obs, x, torch.zeros_like(x))
+            acc += torch.stack([obs.sum(0), x.sum(0), (x * x).sum(0)])
+        count, total, squares = acc
+        seen = count > 0
+        mean = torch.where(seen, total / count.clamp(min=1), torch.ones_like(total))
+        var = (squares / count.clamp(min=1) - mean**2).clamp(min=0)
+        std = torch.where(seen, var.sqrt().clamp(min=1e-6), torch.ones_like(var))
+        self.flux_loc.copy_(mean)
+        self.flux_scale.copy_(std)
+        if context is not None and self.n_context > 0:
+            c = context.double()
+            scale = c.std(0) if c.shape[0] > 1 else torch.ones_like(c[0])
+            self.context_loc.copy_(c.mean(0))
+            self.context_scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
+            self.context_min.copy_(c.min(0).values)
+            self.context_max.copy_(c.max(0).values)
+
+    def standardized(self, flux: Tensor, ivar: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Standardised flux and ivar: ``u = (x - m)/s`` (0 at masked) and ``ivar * s**2``."""
+        if ivar is None:
+            return (flux - self.flux_loc) / self.flux_scale, None
+        observed = ivar > 0
+        # torch.where first: garbage (NaN, 1e6) at masked pixels never enters arithmetic.
+        clean = torch.where(observed, flux, self.flux_loc)
+        return (clean - self.flux_loc) / self.flux_scale, ivar * self.flux_scale**2

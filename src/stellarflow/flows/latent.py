@@ -1,0 +1,342 @@
+r"""The latent-flow model (DESIGN-NOTES 2b): a flow prior under a linear-Gaussian observation.
+
+.. math::
+
+    x = m + s \odot u, \qquad u = \mu(l) + W(l)\, z + \epsilon, \qquad
+    z \sim p_\phi(z | l) \text{ (zuko NSF in } R^k), \qquad
+    \epsilon \sim N(0, \mathrm{diag}(\tau^2 + \sigma_u^2)).
+
+The Gaussian part (each star's noise, masked pixels) is handled exactly; only the
+k-dimensional integral over z is estimated, by importance sampling from the Gaussian posterior
+of z under a reference prior :math:`N(0, \lambda^{-1} I)`:
+
+.. math::
+
+    \log p(x_O | c) = \underbrace{-\tfrac{q}{2} - \tfrac12\log|2\pi D_O| + \tfrac k2 \log 2\pi
+        - \tfrac12 \log|Q| - \textstyle\sum_O \log s_i}_{\text{closed form}}
+        + \log \frac1M \sum_{m=1}^M p_\phi(z_m | l)\, e^{\lambda |z_m|^2 / 2},
+        \quad z_m \sim N(m_z, Q^{-1}).
+
+``proposal="posterior"`` (default): the posterior under the Gaussian reference
+:math:`N(0, T^2 I)` (the weights are constant, and the estimate exact, while the flow is the
+identity: at initialisation the model *is* factor analysis), optionally followed by
+``proposal_refinements`` Laplace steps: the reference is replaced, per star, by the prior's
+local Gaussian approximation at the current posterior mean
+(:meth:`FlowPrior.gaussian_approximation`, k + 1 extra flow evaluations per star and step)
+and the posterior recomputed, so the proposal follows the learned prior in directions the
+data barely constrain. ``proposal="likelihood"``
+(:math:`\Lambda = 0`): :math:`N(\hat z, P^{-1})` as written in DESIGN-NOTES 2b (weights
+:math:`p_\phi(z_m)`, needs :math:`|O| \ge k`). For any reference the estimate of p is
+unbiased, so ``log_prob`` is a stochastic lower bound in expectation (the importance-weighted
+bound that training maximises, which makes the flow learn the *deconvolved* latent
+distribution); the reference only sets the variance.
+
+Measured precision (``benchmarks/flows_speed.py --precision``: 7,514 pixels, a mock with six
+latent directions, one bimodal, fitted with k = 8 for 200 Adam steps; the standard deviation
+of 20 repeated estimates per star, 256 held-out stars, nats per star):
+
+=================  ======  =====  ===========
+proposal           M       median 95th pct.
+=================  ======  =====  ===========
+posterior, 0 ref.  16      0.45   1.1
+posterior, 1 ref.  16      0.19   0.72
+posterior, 2 ref.  16      0.09   0.52
+posterior, 0 ref.  32      0.29   0.86
+=================  ======  =====  ===========
+
+The noise comes from the two latent directions the mock does not use, where the learned prior
+is narrow and wiggly; it is reported per star (``std_error``, which matched the measured
+spread to within 10%) and falls as 1/sqrt(M). It is small next to the per-star
+log-likelihood (~24,600 nats here) and to the spread of inlier scores (the chi-square-like
+Gaussian part alone has a standard deviation of ~sqrt(|O|/2) ~ 60 nats). The refinement is
+off by default because it is not robust: on a deliberately wiggly random prior
+(``tests/flows/test_importance.py``) it *raised* the noise by ~1.6x, a local linearisation
+being a poor summary of such a prior. Turn it on for a smooth trained prior, and check the
+reported ``std_error``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import zuko
+from torch import Tensor, nn
+from zuko.distributions import NormalizingFlow
+
+from stellarflow.flows._checks import FlowInputError, check_flux
+from stellarflow.flows.base import check_positive
+from stellarflow.flows.gaussian import LinearGaussianModel
+from stellarflow.flows.linear_gaussian import LOG_2PI, GaussianReference
+from stellarflow.flows.results import LogProbEstimate
+from stellarflow.flows.splines import RationalQuadraticSpline
+
+__all__ = ["FlowPrior", "LatentFlowConfig", "LatentFlowModel", "identity_init"]
+
+PROPOSALS = ("posterior", "likelihood")
+
+
+class FlowPrior:
+    r"""A zuko flow with a tempered base: :math:`p_T(z) = N(f(z); 0, T^2 I)\,|\det J_f(z)|`.
+
+    Args:
+        flow: the flow :math:`p(z | c)` (zuko :class:`~zuko.distributions.NormalizingFlow`;
+            its transform f maps z to the base space).
+        temperature: T, the base Gaussian's standard deviation.
+    """
+
+    def __init__(self, flow: NormalizingFlow, temperature: float = 1.0) -> None:
+        self.flow = flow
+        self.temperature = temperature
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        r""":math:`\log p_T(z)`, `(..., k)` -> `(...)`, nats."""
+        y, ladj = self.flow.transform.call_and_ladj(z)
+        if ladj.shape == z.shape:
+            ladj = ladj.sum(-1)
+        t = self.temperature
+        base = -0.5 * (y / t) ** 2 - math.log(t) - 0.5 * LOG_2PI
+        return base.sum(-1) + ladj
+
+    def gaussian_approximation(self, z: Tensor, step: float = 1e-3) -> GaussianReference:
+        r"""Local Gaussian approximation of the prior around z (linearised flow).
+
+        With :math:`f(z') \approx f(z) + J (z' - z)` (J by forward differences of size
+        ``step``, k + 1 flow evaluations) and the log-determinant taken as constant:
+
+        .. math:: p_T(z') \approx N\big(z';\ z - J^{-1} f(z),\ T^2 (J^T J)^{-1}\big).
+
+        Args:
+            z: `(..., k)` expansion points.
+            step: finite-difference step in z.
+
+        Returns:
+            The per-point :class:`GaussianReference` (precision `(..., k, k)`).
+        """
+        k = z.shape[-1]
+        eye = torch.eye(k, dtype=z.dtype, device=z.device)
+        points = torch.cat([z[None], z[None] + step * eye.reshape((k, *[1] * (z.ndim - 1), k))])
+        y = self.flow.transform(points)
+        jac = ((y[1:] - y[0]) / step).movedim(0, -1)  # (..., k_out, k_in)
+        precision = jac.transpose(-1, -2) @ jac / self.temperature**2
+        shift = torch.linalg.solve(jac, y[0][..., None]).squeeze(-1)
+        return GaussianReference(precision, z - shift)
+
+    def transform_base(self, eps: Tensor) -> Tensor:
+        r""":math:`z = f^{-1}(T \varepsilon)` for standard normal eps `(..., k)`."""
+        return self.flow.transform.inv(self.temperature * eps)
+
+
+def identity_init(flow: zuko.flows.Flow) -> None:
+    """Zero the output layer of every transform's hyper-network: the flow becomes exactly
+    the identity (a zero-parameter :class:`RationalQuadraticSpline` is the identity), so the
+    prior is N(0, I)."""
+    with torch.no_grad():
+        for transform in flow.transform.transforms:
+            hyper = getattr(transform, "hyper", None)
+            if hyper is not None:
+                last = list(hyper.children())[-1]  # zuko's (Masked)MLP ends with a linear map
+                last.weight.zero_()
+                last.bias.zero_()
+            for param in getattr(transform, "phi", []):
+                param.zero_()
+
+
+@dataclass(frozen=True)
+class LatentFlowConfig:
+    """Options of :class:`LatentFlowModel` (see there)."""
+
+    n_pixels: int
+    n_context: int
+    n_latent: int = 8
+    label_dependent_loading: bool = False
+    mean_hidden: int = 0
+    flow_transforms: int = 2
+    flow_hidden: int = 64
+    flow_depth: int = 2
+    flow_bins: int = 8
+    n_importance: int = 16
+    proposal: str = "posterior"
+    proposal_refinements: int = 0
+    var_floor: float = 1e-6
+
+    def __post_init__(self) -> None:
+        check_positive("n_pixels", self.n_pixels)
+        check_positive("n_context", self.n_context, allow_zero=True)
+        for name in ("n_latent", "flow_transforms", "flow_hidden", "flow_depth"):
+            check_positive(name, getattr(self, name))
+        check_positive("mean_hidden", self.mean_hidden, allow_zero=True)
+        check_positive("n_importance", self.n_importance)
+        check_positive("var_floor", self.var_floor, allow_zero=True)
+        check_positive("proposal_refinements", self.proposal_refinements, allow_zero=True)
+        if self.flow_bins < 2:
+            raise FlowInputError(f"flow_bins must be >= 2, got {self.flow_bins}")
+        if self.n_latent > self.n_pixels:
+            raise FlowInputError(
+                f"n_latent ({self.n_latent}) must not exceed n_pixels ({self.n_pixels})"
+            )
+        if self.proposal not in PROPOSALS:
+            raise FlowInputError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
+
+
+class LatentFlowModel(LinearGaussianModel):
+    r"""Flow prior on k latent coefficients under a linear-Gaussian spectrum model.
+
+    :math:`u = \mu(l) + W(l) z + \epsilon` with :math:`\mu(l)` quadratic in the standardised
+    labels (plus an optional MLP residual of width ``mean_hidden``),
+    :math:`W(l) = W_0 + \sum_j l_j W_j` (the :math:`W_j` only with
+    ``label_dependent_loading``), :math:`\epsilon \sim N(0, \tau^2 + \sigma_u^2)` and
+    :math:`z \sim p_\phi(z | l)` a zuko NSF (``flow_transforms`` autoregressive spline
+    transforms, ``flow_bins`` bins, hidden layers ``flow_depth`` x ``flow_hidden``,
+    conditioned on l). The flow starts as the identity, so the freshly initialised model is
+    exactly :class:`~stellarflow.flows.gaussian.FactorAnalysisModel`.
+
+    ``log_prob`` is an importance-sampling estimate with ``n_importance`` draws (module
+    docstring); ``log_prob_is_exact`` of the returned distribution is False. Sampling is
+    exact: z from the flow, then :math:`x = m + s(\mu + W z + T\tau\varepsilon)` (+ noise).
+
+    Parameters at 7,514 pixels, 3 labels and the defaults (k = 8, two spline transforms):
+    176,542 (142,766 in the pixel-space part, as factor analysis; 33,776 in the NSF);
+    356,878 with ``label_dependent_loading``. Two transforms rather than zuko's three: at
+    7,514 pixels on 2 CPU threads they score ~6,000 spectra/s against ~5,000 and train in
+    0.10 s per batch of 256 against 0.16 s.
+
+    Args:
+        n_pixels: number of pixels.
+        n_context: number of labels (0: unconditional).
+        n_latent: k.
+        label_dependent_loading: use label-linear terms in W.
+        mean_hidden: width of the mean's MLP residual (0: none).
+        flow_transforms, flow_hidden, flow_depth, flow_bins: the NSF's size.
+        n_importance: M, importance draws per star in ``log_prob`` and ``loss``.
+        proposal: "posterior" (Gaussian reference, refined) or "likelihood" (none).
+        proposal_refinements: Laplace refinements of the "posterior" proposal (module
+            docstring); 0 disables them.
+        var_floor: :math:`\tau_{min}^2`, standardised units.
+    """
+
+    kind = "latent_flow"
+
+    def __init__(
+        self,
+        n_pixels: int,
+        n_context: int,
+        n_latent: int = 8,
+        label_dependent_loading: bool = False,
+        mean_hidden: int = 0,
+        flow_transforms: int = 2,
+        flow_hidden: int = 64,
+        flow_depth: int = 2,
+        flow_bins: int = 8,
+        n_importance: int = 16,
+        proposal: str = "posterior",
+        proposal_refinements: int = 0,
+        var_floor: float = 1e-6,
+    ) -> None:
+        super().__init__(n_pixels, n_context)
+        self.options = LatentFlowConfig(
+            n_pixels,
+            n_context,
+            n_latent,
+            label_dependent_loading,
+            mean_hidden,
+            flow_transforms,
+            flow_hidden,
+            flow_depth,
+            flow_bins,
+            n_importance,
+            proposal,
+            proposal_refinements,
+            var_floor,
+        )
+        self._build_linear(n_latent, label_dependent_loading, mean_hidden)
+        # zuko's NSF with our spline parametrisation (flows.splines): same transform, faster
+        # knots on CPU, identity at zero parameters.
+        self.prior_flow = zuko.flows.MAF(
+            features=n_latent,
+            context=n_context,
+            transforms=flow_transforms,
+            univariate=RationalQuadraticSpline,
+            shapes=[(flow_bins,), (flow_bins,), (flow_bins - 1,)],
+            hidden_features=(flow_hidden,) * flow_depth,
+            activation=nn.SiLU,
+        )
+        identity_init(self.prior_flow)
+
+    #: Learning-rate factor suggested for the prior flow relative to the linear-Gaussian part.
+    #: On a mock whose latent is exactly Gaussian, training the flow at the full rate (Adam,
+    #: 3e-2) overfits the latent density within 150 full-batch steps of 2,000 stars; at 1/30
+    #: of it the model matches factor analysis, and it still wins clearly on a bimodal latent.
+    flow_lr_factor: float = 1 / 30
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Two Adam groups: the prior flow at ``lr * flow_lr_factor``, the rest at ``lr``."""
+        flow = list(self.prior_flow.parameters())
+        flow_ids = {id(p) for p in flow}
+        rest = [p for p in self.parameters() if id(p) not in flow_ids]
+        return [{"params": rest, "lr": lr}, {"params": flow, "lr": lr * self.flow_lr_factor}]
+
+    def _prior(self, labels: Tensor | None, temperature: float) -> FlowPrior:
+        return FlowPrior(self.prior_flow(labels), temperature)
+
+    def _distribution_options(self, temperature: float) -> dict[str, Any]:
+        if self.options.proposal == "likelihood":
+            reference, refinements = GaussianReference(0.0), 0
+        else:
+            reference = GaussianReference(1 / temperature**2)
+            refinements = self.options.proposal_refinements
+        return {
+            "reference": reference,
+            "n_importance": self.options.n_importance,
+            "refinements": refinements,
+        }
+
+    def _latent_moments(
+        self,
+        labels: Tensor | None,
+        temperature: float,
+        n_samples: int,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Sample mean `(*batch, k)` and covariance `(*batch, k, k)` of flow draws."""
+        prior = self._prior(labels, temperature)
+        batch = () if labels is None else labels.shape[:-1]
+        k = self.options.n_latent
+        like = self.loading
+        eps = torch.randn((n_samples, *batch, k), generator=generator, dtype=like.dtype)
+        eps = eps.to(like.device)
+        z = prior.transform_base(eps)
+        mean = z.mean(0)
+        dz = z - mean
+        cov = (dz[..., :, None] * dz[..., None, :]).sum(0) / max(n_samples - 1, 1)
+        return mean, cov
+
+    def log_prob_estimate(
+        self,
+        flux: Tensor,
+        ivar: Tensor | None,
+        context: Tensor | None,
+        n_importance: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> LogProbEstimate:
+        r"""Importance estimate of log p(flux | context) with its precision.
+
+        Args:
+            flux: `(n_stars, n_pixels)`, continuum-normalised; anything at masked pixels.
+            ivar: `(n_stars, n_pixels)`, 1 / flux units squared, 0 = masked; None: noise-free.
+            context: `(n_stars, n_context)` labels, physical units, or None.
+            n_importance: M (default ``self.options.n_importance``).
+            generator: random source of the importance draws.
+
+        Returns:
+            :class:`~stellarflow.flows.results.LogProbEstimate`: ``log_prob`` (nats,
+            a lower bound in expectation), ``std_error`` (nats, delta method:
+            :math:`\sqrt{\sum \tilde w^2 - 1/M}`) and ``ess`` per star.
+        """
+        check_flux(flux, self.n_pixels, self.flux_loc, finite=False)
+        dist = self(context, ivar=ivar, generator=generator)
+        estimate = dist.log_prob_estimate(flux, n_importance)
+        self._check_result(estimate.log_prob, flux, ivar)
+        return estimate
