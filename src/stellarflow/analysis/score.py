@@ -39,7 +39,8 @@ def score_chunk(
     model = trained.model
     device = next(model.parameters()).device
     labels = chunk.label_array(trained.label_names)
-    supported = trained.support.contains(labels)
+    support_ratio = trained.support.distance(labels)
+    supported = support_ratio <= trained.support.threshold
     finite = np.all(np.isfinite(labels), axis=1)
     n_good = (~chunk.mask).sum(axis=1)
     enough = chunk.good_fraction >= min_good_fraction
@@ -56,7 +57,7 @@ def score_chunk(
         "log_prob_per_pixel": log_prob / np.maximum(n_good, 1),
         "n_good_pixels": n_good,
         "supported": supported,
-        "support_ratio": trained.support.distance(labels),
+        "support_ratio": support_ratio,
         "enough_pixels": enough,
     }
 
