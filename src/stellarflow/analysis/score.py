@@ -50,8 +50,8 @@ def score_chunk(
         flux = torch.as_tensor(chunk.flux[rows], device=device)
         ivar = torch.as_tensor(chunk.ivar[rows], device=device)
         context = torch.as_tensor(labels[rows], device=device, dtype=torch.float32)
-        distribution = model(context if trained.label_names else None, ivar=ivar)
-        log_prob[rows] = distribution.log_prob(flux).double().cpu().numpy()
+        labels_in = context if trained.label_names else None
+        log_prob[rows] = model.observed_log_prob(flux, ivar, labels_in).double().cpu().numpy()
     return {
         "log_prob": log_prob,
         "log_prob_per_pixel": log_prob / np.maximum(n_good, 1),

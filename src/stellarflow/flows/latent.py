@@ -31,28 +31,29 @@ unbiased, so ``log_prob`` is a stochastic lower bound in expectation (the import
 bound that training maximises, which makes the flow learn the *deconvolved* latent
 distribution); the reference only sets the variance.
 
-Measured precision (``benchmarks/flows_speed.py --precision``: 7,514 pixels, a mock with six
-latent directions, one bimodal, fitted with k = 8 for 200 Adam steps; the standard deviation
-of 20 repeated estimates per star, 256 held-out stars, nats per star):
+Measured precision (``benchmarks/flows_speed.py --precision``, float32, 2 CPU threads: 7,514
+pixels, a mock with six latent directions, one bimodal, fitted with the defaults (k = 8) for
+300 Adam steps; standard deviation of 20 repeated estimates per star over 256 held-out
+stars, nats per star; the reported ``std_error`` matched it to within 7% in every row):
 
-=================  ======  =====  ===========
-proposal           M       median 95th pct.
-=================  ======  =====  ===========
-posterior, 0 ref.  16      0.45   1.1
-posterior, 1 ref.  16      0.19   0.72
-posterior, 2 ref.  16      0.09   0.52
-posterior, 0 ref.  32      0.29   0.86
-=================  ======  =====  ===========
+==========================  =====  ===========  =====  ==============
+proposal                    M      median       95%    scoring speed
+==========================  =====  ===========  =====  ==============
+posterior (default)         16     0.19         0.72   ~6,000 spec/s
+posterior                   64     0.10         0.30   ~2,900 spec/s
+posterior + 1 refinement    16     0.06         0.24   ~3,900 spec/s
+posterior + 2 refinements   16     0.05         0.13   ~3,300 spec/s
+==========================  =====  ===========  =====  ==============
 
 The noise comes from the two latent directions the mock does not use, where the learned prior
-is narrow and wiggly; it is reported per star (``std_error``, which matched the measured
-spread to within 10%) and falls as 1/sqrt(M). It is small next to the per-star
+is narrow and wiggly; it falls as 1/sqrt(M). It is small next to the per-star
 log-likelihood (~24,600 nats here) and to the spread of inlier scores (the chi-square-like
-Gaussian part alone has a standard deviation of ~sqrt(|O|/2) ~ 60 nats). The refinement is
-off by default because it is not robust: on a deliberately wiggly random prior
-(``tests/flows/test_importance.py``) it *raised* the noise by ~1.6x, a local linearisation
-being a poor summary of such a prior. Turn it on for a smooth trained prior, and check the
-reported ``std_error``.
+Gaussian part alone has a standard deviation of ~sqrt(|O|/2) ~ 60 nats); the mean estimate
+rose by only 0.05 nats/star from M = 16 to the best proposal (the lower bound's bias). The
+refinement is off by default for speed and because it is not robust: on a deliberately wiggly
+random prior (``tests/flows/test_importance.py``) it *raised* the noise by ~1.6x, a local
+linearisation being a poor summary of such a prior. For final scoring with a smooth trained
+prior, ``proposal_refinements=1`` is worth its cost; check the reported ``std_error``.
 """
 
 from __future__ import annotations

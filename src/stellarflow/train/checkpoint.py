@@ -86,6 +86,8 @@ def log_prob_is_exact(model: torch.nn.Module) -> bool:
     like = next(model.parameters())
     n_context = int(model.n_context)
     context = like.new_zeros(1, n_context) if n_context else None
+    if not getattr(model, "noise_aware", True):
+        return False  # exact for noise-free spectra only; masks are imputed (approximate)
     ivar = like.new_ones(1, int(model.n_pixels))
     return bool(model(context, ivar=ivar).log_prob_is_exact)
 

@@ -99,7 +99,7 @@ def evaluate(
         source, blocks, 1024, config.label_names, min_good_fraction=config.min_good_fraction
     ):
         flux, ivar, labels = _tensors(batch, device, torch.float32)
-        log_prob = model(labels if config.label_names else None, ivar=ivar).log_prob(flux)
+        log_prob = model.observed_log_prob(flux, ivar, labels if config.label_names else None)
         total -= float(log_prob.double().sum())
         pixels += float((batch.ivar > 0).sum())
     model.train()
@@ -250,7 +250,7 @@ def train_model(
         1, int(np.sum(train_blocks[:, 1] - train_blocks[:, 0])) // config.batch_size
     )
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        model.parameter_groups(config.learning_rate), weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(config, config.epochs * steps_per_epoch)
