@@ -17,6 +17,7 @@ Invariants after construction (enforced, so downstream code never re-checks them
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -301,12 +302,9 @@ class SpectralDataset:
         Stars with no usable pixel get 0.
         """
         ratio = np.where(self.mask, np.nan, self.flux * np.sqrt(self.ivar))
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out = np.nanmedian(ratio, axis=1)
+        with warnings.catch_warnings():  # all-NaN rows (no usable pixel) are expected
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = np.nanmedian(ratio, axis=1)
         return np.nan_to_num(out, nan=0.0)
 
     def label_array(self, names: Sequence[str]) -> np.ndarray:

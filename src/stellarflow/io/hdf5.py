@@ -51,6 +51,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SurveyFile",
     "SurveyWriter",
+    "json_default",
     "open_survey",
     "read_survey",
     "write_survey",
@@ -253,7 +254,7 @@ class SurveyWriter:
         attrs["n_stars"] = self._n_rows
         attrs["n_pixels"] = self.wavelength.size
         attrs["grid_hash"] = grid_hash(self.wavelength)
-        attrs["meta"] = json.dumps(self.meta, default=_json_default)
+        attrs["meta"] = json.dumps(self.meta, default=json_default)
 
     def _rename(self) -> None:
         tmp = self._tmp
@@ -270,7 +271,8 @@ class SurveyWriter:
         logger.info("wrote %d stars to %s", self._n_rows, self.path)
 
 
-def _json_default(value: object) -> object:
+def json_default(value: object) -> object:
+    """``json.dumps`` fallback for numpy scalars and arrays and paths."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -28,6 +28,7 @@ import torch
 from stellarflow.data.grid import grid_hash
 from stellarflow.errors import FileFormatError, GridMismatchError, LabelError
 from stellarflow.io.atomic import atomic_path
+from stellarflow.io.hdf5 import json_default
 from stellarflow.train.config import TrainConfig
 from stellarflow.train.support import LabelSupport
 
@@ -47,15 +48,7 @@ MODEL_FILES = ("model.pt", "config.json", "metadata.json", "wavelength.npy", "su
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON atomically, replacing an existing file."""
     with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+        tmp.write_text(json.dumps(payload, indent=2, default=json_default) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

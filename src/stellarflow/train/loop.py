@@ -25,6 +25,7 @@ from stellarflow.data.dataset import SpectralDataset, label_array
 from stellarflow.data.grid import grid_hash
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import OutputExistsError
+from stellarflow.io.atomic import atomic_path
 from stellarflow.train.batches import Batch, iter_batches, split_blocks
 from stellarflow.train.checkpoint import (
     load_torch,
@@ -235,9 +236,10 @@ def train_model(
         history, best, best_epoch = [], math.inf, -1
         support_labels = warm.labels
         support = fit_support(support_labels, config.label_names)
-        support.save(out / "support.npz.tmp.npz")
-        os.replace(out / "support.npz.tmp.npz", out / "support.npz")
-        np.save(out / "wavelength.npy", source.wavelength)
+        with atomic_path(out / "support.npz", overwrite=True) as tmp:
+            support.save(tmp)
+        with atomic_path(out / "wavelength.npy", overwrite=True) as tmp:
+            np.save(tmp, source.wavelength)
         write_json(
             out / "config.json",
             {
