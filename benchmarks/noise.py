@@ -1,0 +1,265 @@
+"""Benchmark: the noise-aware likelihood against the same model that ignores each star's noise.
+
+Usage::
+
+    python benchmarks/noise.py [--survey PATH] [--n-train 20000] [--n-test 5000]
+        [--models factor_analysis:n_latent=16,latent_flow:n_latent=16] [--reuse DIR]
+        [--epochs 60] [--time-limit MIN] [--out DIR] [--point TEFF=4750,LOGG=2.5,FE_H=0]
+
+For each model spec, two models of the same family and size are trained on the same stars:
+**aware** (each star's own per-pixel noise in the likelihood; density deconvolution) and
+**naive** (the noise ignored: every observed pixel given ivar = 1e8, so the model learns the
+density of the noisy spectra, as flow research code does). Masked pixels stay masked in
+both. On the held-out inliers (the mock's ``outlier_kind`` is empty) it prints:
+
+* Spearman rho between the star's S/N and its calibrated score ``z``
+  (:mod:`stellarflow.analysis.calibrate`; target |rho| < 0.1 for the aware model);
+* held-out log-likelihood in nats per pixel of the observed spectra at S/N < 60 and its gap
+  to the mock's oracle (both models score the same observed flux);
+* at the label point: the model's intrinsic (noise-free) scatter per pixel over the mock's
+  known intrinsic scatter at fixed true labels (:func:`stellarflow.mock.answers.
+  spectra_at_labels`), over the pixels with real signal (known scatter >= 0.003);
+
+and writes ``noise_samples.png`` (low-S/N training spectra near the point beside noise-free
+samples of both models) and ``intrinsic_scatter.png`` to ``--out``, plus ``noise.json``.
+``--reuse DIR`` takes an already trained aware model from ``DIR/<spec>`` (as written by
+``benchmarks/density.py --out DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from scipy import stats
+
+from stellarflow.analysis.calibrate import calibrate_log_prob
+from stellarflow.analysis.sampling import parse_label_point, stars_near
+from stellarflow.data.dataset import SpectralDataset
+from stellarflow.io.hdf5 import open_survey
+from stellarflow.mock import MockConfig, write_mock_survey
+from stellarflow.mock.answers import spectra_at_labels
+from stellarflow.train.checkpoint import load_model
+from stellarflow.train.config import TrainConfig
+from stellarflow.train.loop import train_model
+
+LABELS = ("TEFF", "LOGG", "FE_H")
+NAIVE_IVAR = 1e8  # sigma = 1e-4: far below any star's noise, far above float32 rounding
+LOW_SNR = 60.0
+SIGNAL = 0.003  # pixels whose known intrinsic scatter is at least this (flux units)
+
+
+def _model_options(spec: str) -> tuple[str, dict]:
+    kind, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(";")):
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value)
+    return kind, options
+
+
+def _dir_name(spec: str) -> str:
+    return spec.replace(":", "_").replace(";", "_").replace("=", "")
+
+
+def _naive(dataset: SpectralDataset) -> SpectralDataset:
+    """The same spectra with every observed pixel's noise declared negligible."""
+    ivar = np.where(dataset.mask, 0.0, NAIVE_IVAR).astype(dataset.ivar.dtype)
+    return SpectralDataset(
+        dataset.flux, ivar, dataset.wavelength, dataset.labels, dataset.mask, dataset.meta
+    )
+
+
+def _train(dataset, spec, out, args) -> Path:
+    kind, options = _model_options(spec)
+    config = TrainConfig(
+        label_names=LABELS,
+        model=kind,
+        model_options=options,
+        epochs=args.epochs,
+        time_limit=args.time_limit,
+        seed=args.seed,
+    )
+    started = time.perf_counter()
+    result = train_model(dataset, config, out, overwrite=True)
+    seconds = time.perf_counter() - started
+    print(f"  trained {out.name}: {result.epochs_run} epochs, {seconds:.0f} s")
+    return out
+
+
+def _intrinsic_std(model, point: dict[str, float]) -> np.ndarray:
+    context = torch.tensor([[point[name] for name in LABELS]], dtype=torch.float32)
+    factors = model.covariance(context, n_samples=8192)
+    loading = factors.loading[0].double()
+    var = ((loading @ factors.latent_cov[0].double()) * loading).sum(-1)
+    return (var + factors.intrinsic_var.double()).sqrt().numpy()
+
+
+def _noise_free_samples(model, point: dict[str, float], n: int) -> np.ndarray:
+    context = torch.tensor([[point[name] for name in LABELS]] * n, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        return model(context).sample(generator=generator).double().numpy()
+
+
+def _evaluate(trained, test, truth, inlier, naive: bool, n_reference: int) -> dict:
+    data = _naive(test) if naive else test
+    context = test.label_array(LABELS)
+    scores = calibrate_log_prob(
+        trained.model, data.flux, data.ivar, context, n_reference=n_reference
+    )
+    snr = np.asarray(truth["SNR"], dtype=np.float64)
+    oracle = np.asarray(truth["log_prob_oracle"], dtype=np.float64)
+    ok = inlier & np.isfinite(scores.z)
+    low = ok & (snr < LOW_SNR)
+    n_good = (~test.mask).sum(1)
+    rho = stats.spearmanr(snr[ok], scores.z[ok]).statistic
+    rho_raw = stats.spearmanr(snr[ok], scores.log_prob[ok] / n_good[ok]).statistic
+    return {
+        "spearman_snr_z": float(rho),
+        "spearman_snr_log_prob_per_pixel": float(rho_raw),
+        "median_z": float(np.median(scores.z[ok])),
+        "calibration_method": scores.method,
+        "n_low_snr": int(low.sum()),
+        "low_snr_nats_per_pixel": float(scores.log_prob[low].sum() / n_good[low].sum()),
+        "low_snr_gap": float((oracle[low] - scores.log_prob[low]).sum() / n_good[low].sum()),
+        "all_gap": float((oracle[ok] - scores.log_prob[ok]).sum() / n_good[ok].sum()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--survey", type=Path, default=None)
+    parser.add_argument("--n-train", type=int, default=20_000)
+    parser.add_argument("--n-test", type=int, default=5_000)
+    parser.add_argument("--n-pixels", type=int, default=None)
+    parser.add_argument("--models", default="factor_analysis:n_latent=16,latent_flow:n_latent=16")
+    parser.add_argument("--reuse", type=Path, default=None)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--time-limit", type=float, default=30.0, help="minutes per model")
+    parser.add_argument("--out", type=Path, default=Path("noise-benchmark"))
+    parser.add_argument("--point", default="TEFF=4750,LOGG=2.5,FE_H=0")
+    parser.add_argument("--n-reference", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sf-noise-"))
+    survey_path = args.survey or work / "mock.h5"
+    n_total = args.n_train + args.n_test
+    if not survey_path.exists():
+        config = MockConfig(n_stars=n_total, n_pixels=args.n_pixels, seed=args.seed)
+        write_mock_survey(survey_path, config, progress=False)
+    with open_survey(survey_path) as survey:
+        mock_config = MockConfig.from_dict(survey.meta["mock_config"])
+        train = survey.read(0, args.n_train)
+        test = survey.read(survey.n_stars - args.n_test, survey.n_stars)
+        truth = survey.read_table("truth/labels")[survey.n_stars - args.n_test :]
+    inlier = np.asarray(truth["outlier_kind"]) == ""
+    point = parse_label_point(args.point)
+    known = spectra_at_labels(mock_config, point, 2000)
+    known_std = known.std(0)
+    signal = known_std >= SIGNAL
+    print(
+        f"{train.n_stars} train / {test.n_stars} test x {train.n_pixels} pixels; "
+        f"{int(inlier.sum())} test inliers, {int((inlier & (truth['SNR'] < LOW_SNR)).sum())} "
+        f"at S/N < {LOW_SNR:g}; {int(signal.sum())} signal pixels at {args.point}"
+    )
+    near = stars_near(train.labels, point, min_stars=50)
+    snr_train = np.asarray(train.labels["SNR"]) if "SNR" in train.labels.colnames else train.snr()
+    near_low = near[snr_train[near] < LOW_SNR][:20]
+
+    results = {}
+    samples = {}
+    for spec in args.models.split(","):
+        name = _dir_name(spec)
+        aware_dir = args.reuse / name if args.reuse else None
+        if aware_dir is None or not (aware_dir / "model.pt").exists():
+            aware_dir = _train(train, spec, work / name, args)
+        naive_dir = _train(_naive(train), spec, work / f"{name}_naive", args)
+        for variant, path in (("aware", aware_dir), ("naive", naive_dir)):
+            trained = load_model(path)
+            trained.model.eval()
+            row = _evaluate(trained, test, truth, inlier, variant == "naive", args.n_reference)
+            std = _intrinsic_std(trained.model, point)
+            ratio = std[signal] / known_std[signal]
+            row.update(
+                {
+                    "scatter_ratio_median": float(np.median(ratio)),
+                    "scatter_ratio_p10": float(np.percentile(ratio, 10)),
+                    "scatter_ratio_p90": float(np.percentile(ratio, 90)),
+                    "scatter_ratio_in_0.8_1.25": float(np.mean((ratio >= 0.8) & (ratio <= 1.25))),
+                }
+            )
+            results[f"{spec} {variant}"] = row
+            samples[f"{spec} {variant}"] = (_noise_free_samples(trained.model, point, 20), std)
+            print(json.dumps({"model": f"{spec} {variant}", **row}))
+
+    print()
+    header = (
+        f"{'model':<40} {'rho(S/N,z)':>10} {'rho raw':>8} {'lowSN nats/pix':>14} "
+        f"{'lowSN gap':>9} {'gap':>7} {'scatter ratio p10/50/90':>24} {'in 0.8-1.25':>11}"
+    )
+    print(header)
+    for key, r in results.items():
+        print(
+            f"{key:<40} {r['spearman_snr_z']:>10.3f} {r['spearman_snr_log_prob_per_pixel']:>8.3f} "
+            f"{r['low_snr_nats_per_pixel']:>14.4f} {r['low_snr_gap']:>9.4f} {r['all_gap']:>7.4f} "
+            f"{r['scatter_ratio_p10']:>8.2f}/{r['scatter_ratio_median']:.2f}/"
+            f"{r['scatter_ratio_p90']:.2f} {r['scatter_ratio_in_0.8_1.25']:>11.2f}"
+        )
+    (args.out / "noise.json").write_text(json.dumps(results, indent=2))
+    _figures(args.out, train, near_low, samples, known, known_std, point)
+    return 0
+
+
+def _figures(out, train, near_low, samples, known, known_std, point) -> None:
+    wave = train.wavelength
+    centre = wave[np.argmax(known_std)]
+    window = (wave >= centre - 15) & (wave <= centre + 15)
+    w = wave[window]
+    panels = [("observed, S/N < 60, near the point", train.flux[near_low], "k")]
+    panels += [(f"{key}: noise-free samples", s, "C0") for key, (s, _) in samples.items()]
+    panels.append(("mock truth at these labels", known[:20], "C2"))
+    figure, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(10, 1.9 * len(panels)),
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
+    for ax, (title, flux, colour) in zip(axes, panels, strict=True):
+        for row in flux[:12]:
+            ax.plot(w, row[window], color=colour, lw=0.5, alpha=0.6)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("flux")
+    axes[-1].set_xlabel("vacuum wavelength [Å]")
+    label = ", ".join(f"{k} = {v:g}" for k, v in point.items())
+    figure.suptitle(f"spectra at {label}", fontsize=10)
+    figure.savefig(out / "noise_samples.png", dpi=110)
+    plt.close(figure)
+
+    figure, ax = plt.subplots(figsize=(10, 3.5), layout="constrained")
+    ax.plot(wave, known_std, color="k", lw=0.7, label="mock truth")
+    for key, (_, std) in samples.items():
+        ax.plot(wave, std, lw=0.6, alpha=0.8, label=key)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-4, None)
+    ax.set_xlabel("vacuum wavelength [Å]")
+    ax.set_ylabel("intrinsic scatter at fixed labels")
+    ax.legend(fontsize=7, ncol=2)
+    figure.savefig(out / "intrinsic_scatter.png", dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Calibrated scores: exact chi2 tails for Gaussian models, reference draws for a flow prior."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from stellarflow.analysis.calibrate import calibrate_log_prob, tail_from_chi2
+from stellarflow.flows import build_model
+
+N_PIXELS, N_CONTEXT, N_LATENT = 24, 2, 2
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _factor_analysis(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model("factor_analysis", N_PIXELS, N_CONTEXT, n_latent=N_LATENT)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=generator))
+        model.flux_loc.copy_(1 + 0.1 * torch.randn(N_PIXELS, generator=generator))
+        model.flux_scale.copy_(0.05 * (1 + torch.rand(N_PIXELS, generator=generator)))
+    return model.eval()
+
+
+def _observed(model, n_stars: int, seed: int):
+    """Spectra drawn from the model itself with heteroscedastic noise and some masks."""
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randn(n_stars, N_CONTEXT, generator=generator)
+    snr = 20 + 200 * torch.rand(n_stars, 1, generator=generator)
+    ivar = (snr**2) * (0.5 + torch.rand(n_stars, N_PIXELS, generator=generator))
+    ivar[torch.rand(n_stars, N_PIXELS, generator=generator) < 0.15] = 0
+    ivar[:, 0] = snr[:, 0] ** 2
+    flux = model(context, ivar=ivar).sample(generator=generator)
+    return flux.numpy(), ivar.numpy(), context.numpy()
+
+
+def _dense_chi2(model, flux, ivar, context) -> np.ndarray:
+    """Mahalanobis distance over the observed pixels with the dense covariance."""
+    out = []
+    with torch.no_grad():
+        noise_free = model(torch.as_tensor(context))
+        mean = noise_free.mean.numpy()
+        factors = model.covariance(torch.as_tensor(context))
+        for i in range(len(flux)):
+            w = factors.loading[i].numpy()
+            cov = w @ w.T + np.diag(factors.intrinsic_var.numpy())
+            o = ivar[i] > 0
+            c = cov[np.ix_(o, o)] + np.diag(1 / ivar[i][o])
+            r = flux[i][o] - mean[i][o]
+            out.append(r @ np.linalg.solve(c, r))
+    return np.array(out)
+
+
+def test_gaussian_chi2_is_exact_mahalanobis():
+    model = _factor_analysis()
+    flux, ivar, context = _observed(model, 20, seed=1)
+    scores = calibrate_log_prob(model, flux, ivar, context)
+    assert scores.method == "exact-chi2"
+    np.testing.assert_allclose(scores.chi2, _dense_chi2(model, flux, ivar, context), rtol=1e-8)
+    np.testing.assert_array_equal(scores.dof, (ivar > 0).sum(1))
+
+
+def test_gaussian_tail_probability_is_uniform_for_model_draws():
+    model = _factor_analysis()
+    flux, ivar, context = _observed(model, 3000, seed=2)
+    p_tail = calibrate_log_prob(model, flux, ivar, context).p_tail
+    assert stats.kstest(p_tail, "uniform").pvalue > 1e-3
+    # and it does not follow the noise level
+    snr = np.sqrt(np.nanmedian(np.where(ivar > 0, ivar, np.nan), axis=1))
+    assert abs(stats.spearmanr(snr, p_tail).statistic) < 0.1
+
+
+def test_masked_garbage_changes_nothing():
+    model = _factor_analysis()
+    flux, ivar, context = _observed(model, 50, seed=3)
+    clean = calibrate_log_prob(model, np.where(ivar > 0, flux, 0.0), ivar, context)
+    for garbage in (1e6, math.nan, -math.inf):
+        spoiled = calibrate_log_prob(model, np.where(ivar > 0, flux, garbage), ivar, context)
+        np.testing.assert_array_equal(spoiled.z, clean.z)
+
+
+def test_flow_prior_reference_matches_exact_when_flow_is_identity():
+    """A fresh latent flow is factor analysis: its fitted tails agree with the exact ones."""
+    fa = _factor_analysis()
+    latent = build_model("latent_flow", N_PIXELS, N_CONTEXT, n_latent=N_LATENT).eval()
+    missing, _ = latent.load_state_dict(fa.state_dict(), strict=False)
+    assert all(name.startswith("flow") or "prior" in name for name in missing), missing
+    flux, ivar, context = _observed(fa, 400, seed=4)
+    exact = calibrate_log_prob(fa, flux, ivar, context)
+    fitted = calibrate_log_prob(latent, flux, ivar, context, n_reference=64, seed=5)
+    assert fitted.method == "reference-chi2"
+    assert fitted.n_reference == 64
+    # alpha's standard error is sqrt(2 dof / 64) in chi2 units, i.e. ~0.18 in z at most here
+    assert np.median(np.abs(fitted.z - exact.z)) < 0.2
+    assert 0.7 < np.median(fitted.spread_ratio) < 1.4
+    # reproducible given the seed
+    again = calibrate_log_prob(latent, flux, ivar, context, n_reference=64, seed=5)
+    np.testing.assert_array_equal(again.z, fitted.z)
+
+
+def test_tail_from_chi2_far_tail_and_known_values():
+    log_p, z = tail_from_chi2(np.array([0.0, 1.0, 3.841458820694124, 4000.0]), np.ones(4))
+    _, z_big = tail_from_chi2(np.array([9000.0, 30000.0, 60000.0]), np.full(3, 7000.0))
+    assert np.all(np.isfinite(z_big)) and np.all(np.diff(z_big) > 0)
+    np.testing.assert_allclose(np.exp(log_p[:3]), [1.0, 0.31731050786291415, 0.05], rtol=1e-9)
+    # far below float64's 1e-308: log erfc(sqrt(2000)) = -2004.3 (asymptotic series)
+    x = 2000.0
+    expected = -x - 0.5 * math.log(math.pi * x) + math.log1p(-1 / (2 * x))
+    np.testing.assert_allclose(log_p[3], expected, rtol=1e-6)
+    assert np.all(np.diff(z) > 0)
+    np.testing.assert_allclose(z[2], stats.norm.isf(0.05), rtol=1e-9)
+
+
+def test_rejects_models_without_noise_and_bad_arguments():
+    coupling = build_model("coupling", 8, 1)
+    with pytest.raises(ValueError, match="noise-aware"):
+        calibrate_log_prob(coupling, np.ones((2, 8)), np.ones((2, 8)), np.zeros((2, 1)))
+    model = _factor_analysis()
+    with pytest.raises(ValueError, match="n_reference"):
+        ones = np.ones((2, N_PIXELS))
+        calibrate_log_prob(model, ones, ones, None, n_reference=1)
