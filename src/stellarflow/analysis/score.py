@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from astropy.table import Table
 
-from stellarflow.data.dataset import ID_COLUMN, SpectralDataset
+from stellarflow.data.dataset import ID_COLUMN, SpectralDataset, label_array
 from stellarflow.data.summary import SpectraSource
+from stellarflow.train.batches import check_label_errors
 from stellarflow.train.checkpoint import TrainedModel, check_compatible, log_prob_is_exact
 
 __all__ = ["score_chunk", "score_survey"]
@@ -29,6 +30,9 @@ def score_chunk(
         trained: a loaded model.
         chunk: spectra on the model's grid with the model's labels.
         min_good_fraction: stars with fewer usable pixels are flagged and not scored.
+
+    When the model was trained with ``label_errors``, the chunk's ``<LABEL>_ERR`` columns
+    are used as the labels' errors (``context_err``); :func:`score_survey` checks them first.
 
     Returns:
         Columns (each `(n_stars,)`): ``log_prob`` (nats; NaN where not scored),
@@ -51,7 +55,16 @@ def score_chunk(
         ivar = torch.as_tensor(chunk.ivar[rows], device=device)
         context = torch.as_tensor(labels[rows], device=device, dtype=torch.float32)
         labels_in = context if trained.label_names else None
-        log_prob[rows] = model.observed_log_prob(flux, ivar, labels_in).double().cpu().numpy()
+        errors = None
+        if trained.config.label_errors:
+            values = label_array(chunk.labels, trained.config.error_names)[rows]
+            errors = torch.as_tensor(values, device=device, dtype=torch.float32)
+        log_prob[rows] = (
+            model.observed_log_prob(flux, ivar, labels_in, context_err=errors)
+            .double()
+            .cpu()
+            .numpy()
+        )
     return {
         "log_prob": log_prob,
         "log_prob_per_pixel": log_prob / np.maximum(n_good, 1),
@@ -83,9 +96,15 @@ def score_survey(
         A table in survey order: ``star_id``, ``log_prob`` (nats, log p(flux | labels) with
         each star's noise and mask), ``log_prob_per_pixel``, ``n_good_pixels``,
         ``supported``, ``support_ratio``, ``enough_pixels``. Its meta records whether
-        ``log_prob`` is exact or an estimate.
+        ``log_prob`` is exact or an estimate, and whether the labels' errors were used.
+
+    Raises:
+        LabelError: the model was trained with ``label_errors`` and the survey lacks a
+            ``<LABEL>_ERR`` column or has an invalid error for a star with finite labels.
     """
     check_compatible(trained, source.wavelength, source.labels.colnames)
+    if trained.config.label_errors:
+        check_label_errors(source.labels, trained.label_names, trained.config.error_names)
     parts: list[dict[str, np.ndarray]] = []
     bar = None
     if progress is True:
@@ -107,4 +126,5 @@ def score_survey(
     table.meta["model"] = str(trained.path)
     # whether log_prob is exact or an importance-sampled estimate (a lower bound on average)
     table.meta["log_prob_is_exact"] = log_prob_is_exact(trained.model)
+    table.meta["label_errors"] = bool(trained.config.label_errors)
     return table

@@ -46,6 +46,12 @@ def register(commands: Any) -> None:
         default="float32",
         help="GPU arithmetic: float32, tf32 matmuls, or bf16 autocast",
     )
+    train.add_argument(
+        "--label-errors",
+        action="store_true",
+        help="marginalise over each star's label uncertainties from the <LABEL>_ERR columns "
+        "(e.g. TEFF_ERR); scoring then uses them too (not for --model coupling)",
+    )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out")
     train.set_defaults(handler=run_train)
@@ -105,6 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
             time_limit=args.time_limit,
             device=args.device,
             precision=args.precision,
+            label_errors=args.label_errors,
         )
     except ValueError as err:
         raise DataValidationError(f"invalid training settings: {err}") from None

@@ -1,10 +1,13 @@
-"""Normalising-flow and Gaussian models of spectra, pure PyTorch (imports nothing of ours).
+r"""Normalising-flow and Gaussian models of spectra, pure PyTorch (imports nothing of ours).
 
 Every model is called like a zuko flow: ``model(context, ivar=None, temperature=1.0)``
 returns a :class:`torch.distributions.Distribution` over flux `(n_stars, n_pixels)` with
 ``log_prob`` (nats, flux in its own units, standardisation Jacobian included), ``sample`` and
 ``rsample``, and ``log_prob_is_exact``. For training: ``model.initialize_from_data(flux, ivar,
-context)`` then minimise ``model.loss(flux, ivar, context)``.
+context)`` then minimise ``model.loss(flux, ivar, context)``. The linear-Gaussian families
+also take the labels' own one-sigma errors, ``model(context, ivar=ivar, context_err=err)``
+(and in ``observed_log_prob``, ``loss``, ``posterior_mean``): they are marginalised as extra
+latent columns :math:`J\,\mathrm{diag}(\sigma_l)` (see :mod:`stellarflow.flows.gaussian`).
 
 Models (``build_model(kind, n_pixels, n_context, **config)``):
 

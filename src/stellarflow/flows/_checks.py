@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "FlowInputError",
     "check_context",
+    "check_context_err",
     "check_flux",
     "check_ivar",
     "check_temperature",
@@ -78,6 +79,48 @@ def check_context(context: Tensor | None, n_context: int, like: Tensor) -> Tenso
     if not bool(torch.isfinite(context).all()):
         raise FlowInputError("context contains NaN or infinite labels; drop or impute those stars")
     return context
+
+
+def check_context_err(
+    context_err: Tensor | None, context: Tensor | None, like: Tensor
+) -> Tensor | None:
+    """Validate the labels' own uncertainties.
+
+    Args:
+        context_err: `(*batch, n_context)` one-sigma errors of the labels, in the labels'
+            physical units, finite and >= 0 (0 = exact); None for exact labels.
+        context: the (checked) context it belongs to, or None.
+        like: a model tensor whose dtype and device context_err must share.
+
+    Returns:
+        context_err (unchanged) or None.
+
+    Raises:
+        FlowInputError: errors without labels, a shape different from the context's,
+            negative or non-finite values, dtype/device mismatch.
+    """
+    if context_err is None:
+        return None
+    context_err = _check_tensor(context_err, "context_err")
+    if context is None:
+        raise FlowInputError(
+            "context_err was given but context is None; label errors need labels (pass "
+            "context, or context_err=None for an unconditional model)"
+        )
+    if context_err.shape != context.shape:
+        raise FlowInputError(
+            f"context_err must have the shape of context, {tuple(context.shape)}, got "
+            f"{tuple(context_err.shape)}; give one error per label and star"
+        )
+    _check_dtype(context_err, "context_err", like)
+    if context_err.numel() > 0:
+        low, high = torch.aminmax(context_err)  # NaN fails both tests
+        if not (bool(low >= 0) and bool(high < math.inf)):
+            raise FlowInputError(
+                "context_err must be finite and >= 0 (one-sigma label errors in the labels' "
+                "units; 0 = exact); replace NaN, inf or negative values"
+            )
+    return context_err
 
 
 def check_ivar(ivar: Tensor | None, n_pixels: int, like: Tensor) -> Tensor | None:

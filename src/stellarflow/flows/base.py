@@ -24,7 +24,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from stellarflow.flows._checks import FlowInputError, check_context, check_flux, check_ivar
+from stellarflow.flows._checks import (
+    FlowInputError,
+    check_context,
+    check_context_err,
+    check_flux,
+    check_ivar,
+)
 from stellarflow.flows.linear_gaussian import n_quadratic_terms, quadratic_features
 
 __all__ = [
@@ -66,7 +72,7 @@ class QuadraticMean(nn.Module):
     def __init__(self, n_pixels: int, n_context: int, hidden: int = 0) -> None:
         super().__init__()
         self.theta = nn.Parameter(torch.zeros(n_quadratic_terms(n_context), n_pixels))
-        self.mlp: nn.Module | None = None
+        self.mlp: nn.Sequential | None = None
         if hidden > 0 and n_context > 0:
             self.mlp = nn.Sequential(
                 nn.Linear(n_context, hidden),
@@ -85,6 +91,48 @@ class QuadraticMean(nn.Module):
         if self.mlp is not None and labels is not None:
             mean = mean + self.mlp(labels)
         return mean
+
+    def jacobian(self, labels: Tensor) -> Tensor:
+        r""":math:`J = \partial \mu / \partial l`, `(*batch, n_pixels, L)`, standardised units.
+
+        Analytic: for the quadratic part
+        :math:`\partial a / \partial l_m = [0, e_m, \delta_{im} l_j + \delta_{jm} l_i]`;
+        through the MLP residual the chain rule layer by layer (forward mode, one pass),
+        :math:`J \leftarrow A J` for a linear layer and
+        :math:`J \leftarrow \mathrm{diag}(\sigma(h)(1 + h(1 - \sigma(h)))) J` for SiLU.
+
+        Args:
+            labels: `(*batch, L)` standardised labels (dimensionless).
+        """
+        n = labels.shape[-1]
+        i, j = torch.triu_indices(n, n, device=labels.device)
+        eye = torch.eye(n, dtype=labels.dtype, device=labels.device)
+        # d(l_i l_j)/dl_m for every pair t = (i, j): (*batch, n_pairs, L)
+        d_pairs = labels[..., j, None] * eye[i] + labels[..., i, None] * eye[j]
+        linear = self.theta[1 : 1 + n]  # (L, P)
+        pairs = self.theta[1 + n :]  # (n_pairs, P)
+        jac = linear + d_pairs.transpose(-1, -2) @ pairs  # (*batch, L, P)
+        jac = jac.transpose(-1, -2)
+        if self.mlp is not None:
+            jac = jac + _mlp_jacobian(self.mlp, labels)
+        return jac
+
+
+def _mlp_jacobian(mlp: nn.Sequential, x: Tensor) -> Tensor:
+    """Jacobian `(*batch, out, in)` of Linear and SiLU layers in sequence, at x `(*batch, in)`."""
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    jac = eye.expand(*x.shape, x.shape[-1])
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            jac = layer.weight @ jac
+            x = layer(x)
+        elif isinstance(layer, nn.SiLU):
+            gate = torch.sigmoid(x)
+            jac = (gate * (1 + x * (1 - gate)))[..., None] * jac
+            x = layer(x)
+        else:  # QuadraticMean builds only these two; anything else is a programming error
+            raise TypeError(f"no Jacobian rule for {type(layer).__name__}")
+    return jac
 
 
 class SpectralModel(nn.Module):
@@ -139,16 +187,27 @@ class SpectralModel(nn.Module):
         ivar = check_ivar(ivar, self.n_pixels, self.flux_loc)
         return context, ivar
 
+    def _check_context_err(self, context_err: Tensor | None, context: Tensor | None) -> None:
+        check_context_err(context_err, context, self.flux_loc)
+
+    def standardize_context_err(self, context_err: Tensor | None) -> Tensor | None:
+        """Label errors in standardised units, ``err / context_scale`` (None stays None)."""
+        if context_err is None:
+            return None
+        return context_err / self.context_scale
+
     def observed_log_prob(
         self,
         flux: Tensor,
         ivar: Tensor | None,
         context: Tensor | None,
         generator: torch.Generator | None = None,
+        context_err: Tensor | None = None,
     ) -> Tensor:
         """log p(observed flux | context) in nats per star, with each star's noise and mask.
 
-        For noise-aware models this is ``model(context, ivar=ivar).log_prob(flux)``; see the
+        For noise-aware models this is
+        ``model(context, ivar=ivar, context_err=context_err).log_prob(flux)``; see the
         subclass for whether it is exact or an estimate.
 
         Args:
@@ -157,12 +216,16 @@ class SpectralModel(nn.Module):
                 noise-free, fully observed spectra.
             context: `(n_stars, n_context)` labels in physical units, or None.
             generator: random numbers for stochastic estimates.
+            context_err: `(n_stars, n_context)` one-sigma errors of the labels, physical
+                units, >= 0; the likelihood then marginalises over the true labels
+                (linearised; see the model's ``forward``). None: exact labels.
 
         Returns:
             `(n_stars,)`, nats.
         """
         check_flux(flux, self.n_pixels, self.flux_loc, finite=False)
-        log_prob = self(context, ivar=ivar, generator=generator).log_prob(flux)
+        dist = self(context, ivar=ivar, generator=generator, context_err=context_err)
+        log_prob = dist.log_prob(flux)
         self._check_result(log_prob, flux, ivar)
         return log_prob
 
@@ -171,9 +234,18 @@ class SpectralModel(nn.Module):
         if not bool(torch.isfinite(log_prob).all()):
             check_flux(flux, self.n_pixels, self.flux_loc, None if ivar is None else ivar > 0)
 
-    def loss(self, flux: Tensor, ivar: Tensor | None, context: Tensor | None) -> Tensor:
-        """Training objective: mean negative log-likelihood per star, nats (a scalar)."""
-        return -self.observed_log_prob(flux, ivar, context).mean()
+    def loss(
+        self,
+        flux: Tensor,
+        ivar: Tensor | None,
+        context: Tensor | None,
+        context_err: Tensor | None = None,
+    ) -> Tensor:
+        """Training objective: mean negative log-likelihood per star, nats (a scalar).
+
+        ``context_err`` (label errors, as in :meth:`observed_log_prob`) is optional.
+        """
+        return -self.observed_log_prob(flux, ivar, context, context_err=context_err).mean()
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups with suggested learning rates (one group by default).

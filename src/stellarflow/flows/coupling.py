@@ -178,6 +178,15 @@ class SpectralCoupling(nn.Module):
         return CouplingTransform(partial(self.spline, embedding), self.mask)
 
 
+def _refuse_context_err(context_err: Tensor | None) -> None:
+    if context_err is not None:
+        raise FlowInputError(
+            "SpectralCouplingFlow cannot use label errors (context_err): it has no "
+            "linear-Gaussian observation model to marginalise them in; use cannon, "
+            "factor_analysis or latent_flow, or pass context_err=None"
+        )
+
+
 class SpectralFlowDistribution(NormalizingFlow):
     """zuko's :class:`~zuko.distributions.NormalizingFlow` with a tempered base, generator-
     aware sampling and ``log_prob_is_exact = True`` (noise-free spectra)."""
@@ -309,6 +318,7 @@ class SpectralCouplingFlow(SpectralModel):
         ivar: Tensor | None = None,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        context_err: Tensor | None = None,
     ) -> SpectralFlowDistribution:
         """p(flux | context) of the spectra as the flow was trained on them.
 
@@ -317,10 +327,12 @@ class SpectralCouplingFlow(SpectralModel):
             ivar: must be None: this family has no noise model.
             temperature: T, the base Gaussian's standard deviation.
             generator: default random source for sampling.
+            context_err: must be None: label errors need the linear-Gaussian families.
 
         Raises:
-            FlowInputError: if ``ivar`` is given.
+            FlowInputError: if ``ivar`` or ``context_err`` is given.
         """
+        _refuse_context_err(context_err)
         if ivar is not None:
             raise FlowInputError(
                 "SpectralCouplingFlow has no noise model, so model(context, ivar=...) is not "
@@ -342,6 +354,7 @@ class SpectralCouplingFlow(SpectralModel):
         ivar: Tensor | None,
         context: Tensor | None,
         generator: torch.Generator | None = None,
+        context_err: Tensor | None = None,
     ) -> Tensor:
         r"""log p(flux | c) using ivar only as a mask (an approximation when pixels are masked).
 
@@ -356,9 +369,13 @@ class SpectralCouplingFlow(SpectralModel):
         exact when the coupling layers are the identity, approximate otherwise. Masked
         flux values (NaN included) never enter the arithmetic.
 
+        Raises:
+            FlowInputError: if ``context_err`` is given (no label-error model here).
+
         Returns:
             `(n_stars,)`, nats.
         """
+        _refuse_context_err(context_err)
         dist = self(context)
         check_flux(flux, self.n_pixels, self.flux_loc, finite=False)
         if ivar is None:

@@ -265,6 +265,10 @@ class LatentGaussianSpectra(SpectralDistribution):
             :meth:`_posterior_draws`).
         temperature: T.
         generator: default random source for sampling and importance draws.
+        n_label_errors: the last ``n_label_errors`` latent coordinates are the labels'
+            errors (:mod:`~stellarflow.flows.gaussian`); their standard normal draws are
+            taken after all others, so that zero label errors reproduce exactly the
+            samples and importance draws made without them.
     """
 
     def __init__(
@@ -281,6 +285,7 @@ class LatentGaussianSpectra(SpectralDistribution):
         refinements: int = 0,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        n_label_errors: int = 0,
     ) -> None:
         shapes = [mean.shape[:-1], loading.shape[:-2]]
         if ivar is not None:
@@ -302,6 +307,7 @@ class LatentGaussianSpectra(SpectralDistribution):
         self.refinements = refinements
         self.n_importance = n_importance
         self.n_latent = loading.shape[-1]
+        self.n_label_errors = n_label_errors
         ivar_std = None if ivar is None else ivar * flux_scale**2
         full = self.batch_shape + self.event_shape
         self._noise = noise_model(self.intrinsic_var.expand(full), ivar_std)
@@ -381,7 +387,12 @@ class LatentGaussianSpectra(SpectralDistribution):
                 reference = _fallback(approximate(post.mean.detach()), reference)
             post = latent_posterior(residual, self.loading, precision, reference)
         m = self.n_importance if n_importance is None else n_importance
-        eps = self._randn(Size([m]) + post.mean.shape, post.mean, generator)
+        shape = Size([m]) + post.mean.shape[:-1]
+        n_errors = self.n_label_errors
+        eps = self._randn(Size((*shape, self.n_latent - n_errors)), post.mean, generator)
+        if n_errors:
+            tail = self._randn(Size((*shape, n_errors)), post.mean, generator)
+            eps = torch.cat([eps, tail], dim=-1)
         z = sample_posterior(post, eps)
         log_w = self.prior.log_prob(z)
         if reference.is_proper():
@@ -394,17 +405,22 @@ class LatentGaussianSpectra(SpectralDistribution):
         r"""Draws :math:`m + s(\mu + W z + T\tau\varepsilon)` (+ noise; NaN at masked)."""
         shape = Size(sample_shape) + self.batch_shape
         ref = self.flux_loc
-        eps = self._randn(Size((*shape, self.n_latent)), ref, generator)
+        n_errors = self.n_label_errors
+        eps = self._randn(Size((*shape, self.n_latent - n_errors)), ref, generator)
+        intrinsic = self._randn(shape + self.event_shape, ref, generator)
+        noise = None if self.ivar is None else self._randn(intrinsic.shape, ref, generator)
+        if n_errors:
+            tail = self._randn(Size((*shape, n_errors)), ref, generator)
+            eps = torch.cat([eps, tail], dim=-1)
         if self.prior is None:
             z = self.temperature * eps
         else:
             z = self.prior.transform_base(eps)
-        u = self.loc + project(self.loading, z)
-        u = u + self.intrinsic_var.sqrt() * self._randn(shape + self.event_shape, ref, generator)
+        u = self.loc + project(self.loading, z) + self.intrinsic_var.sqrt() * intrinsic
         x = self.flux_loc + self.flux_scale * u
-        if self.ivar is None:
+        if noise is None:
             return x
-        return _observe(x, self.ivar, self._randn(x.shape, ref, generator))
+        return _observe(x, self.ivar, noise)
 
     def posterior(
         self,

@@ -16,6 +16,23 @@ learned intrinsic variance :math:`\tau_i^2 = e^{\eta_i} + \tau_{min}^2` per pixe
 (:mod:`stellarflow.flows.latent`): the mean, the loading :math:`W(l) = W_0 + \sum_j l_j W_j`
 (label-dependent terms optional), the intrinsic variance, the warm start, the posterior
 prediction and the covariance factors.
+
+**Label errors** (``context_err``, optional everywhere a context is taken): measured labels
+:math:`\hat l = l + \delta`, :math:`\delta \sim N(0, \mathrm{diag}\,\sigma_l^2)` (standardised
+units, :math:`\sigma_l` = error / label scale). Linearising the mean,
+:math:`\mu(l) \approx \mu(\hat l) + J(\hat l)(l - \hat l)` with :math:`J = \partial\mu/\partial l`
+(:meth:`~stellarflow.flows.base.QuadraticMean.jacobian`), and writing
+:math:`l = \hat l + \sigma_l \odot e`, :math:`e \sim N(0, I_L)`, the labels' errors are L
+extra Gaussian latent coordinates with loading columns :math:`J\,\mathrm{diag}(\sigma_l)`:
+
+.. math:: u = \mu(\hat l) + [W(\hat l),\ J(\hat l)\,\mathrm{diag}\,\sigma_l]\,[z; e]
+          + \epsilon,
+
+still low rank plus diagonal, so the exact (Woodbury) likelihood, masked pixels, the
+posterior and sampling are unchanged in form; for factor analysis the covariance gains
+:math:`S J \Sigma_l J^T S`. Neglected: the curvature of :math:`\mu` over the error ellipse
+and, with label-dependent loadings, the product :math:`(\partial W/\partial l)\,\delta\, z`.
+Temperature does not scale label errors (they are measurement errors, like the noise).
 """
 
 from __future__ import annotations
@@ -44,7 +61,28 @@ __all__ = [
     "FactorAnalysisConfig",
     "FactorAnalysisModel",
     "LinearGaussianModel",
+    "label_error_loading",
 ]
+
+
+def label_error_loading(
+    mean: QuadraticMean, labels: Tensor, err_std: Tensor, temperature: float
+) -> Tensor:
+    r"""Loading columns of the labels' errors, :math:`J(\hat l)\,\mathrm{diag}(\sigma_l) / T`.
+
+    The distributions give every latent coordinate the tempered prior :math:`N(0, T^2)`;
+    dividing by T keeps the label errors untempered (module docstring).
+
+    Args:
+        mean: the model's mean :math:`\mu(l)`.
+        labels: `(*batch, L)` measured labels :math:`\hat l`, standardised.
+        err_std: `(*batch, L)` their one-sigma errors :math:`\sigma_l`, standardised units.
+        temperature: T.
+
+    Returns:
+        `(*batch, n_pixels, L)`, standardised flux units.
+    """
+    return mean.jacobian(labels) * (err_std / temperature)[..., None, :]
 
 
 @dataclass(frozen=True)
@@ -116,8 +154,9 @@ class CannonModel(SpectralModel):
         ivar: Tensor | None = None,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
-    ) -> DiagonalGaussianSpectra:
-        """p(flux | context), of observed spectra when ``ivar`` is given.
+        context_err: Tensor | None = None,
+    ) -> DiagonalGaussianSpectra | LatentGaussianSpectra:
+        r"""p(flux | context), of observed spectra when ``ivar`` is given.
 
         Args:
             context: `(n_stars, n_context)` labels in physical units; None if unconditional.
@@ -125,22 +164,52 @@ class CannonModel(SpectralModel):
                 noise-free (intrinsic) spectra.
             temperature: T, scales the intrinsic standard deviation (not the noise).
             generator: default random source for sampling.
+            context_err: `(n_stars, n_context)` one-sigma label errors, physical units,
+                finite and >= 0, or None (exact labels). When given, the labels' errors
+                become L latent coordinates (module docstring): the pixels are correlated
+                through :math:`J \Sigma_l J^T`, ``log_prob`` stays exact, and samples are
+                spectra of stars whose true labels scatter around ``context`` by those errors.
 
         Returns:
-            A :class:`DiagonalGaussianSpectra` (exact ``log_prob``).
+            A :class:`DiagonalGaussianSpectra` (exact ``log_prob``), or with ``context_err`` a
+            :class:`LatentGaussianSpectra` (exact) whose latent vector is :math:`T e`.
         """
         context, ivar = self._check_inputs(context, ivar)
+        self._check_context_err(context_err, context)
         temperature = check_temperature(temperature)
-        mu = self.mean(self.standardize_context(context))
+        labels = self.standardize_context(context)
+        mu = self.mean(labels)
+        if context_err is not None and labels is not None:
+            err_std = self.standardize_context_err(context_err)
+            return LatentGaussianSpectra(
+                self.flux_loc,
+                self.flux_scale,
+                mu,
+                label_error_loading(self.mean, labels, err_std, temperature),
+                self.intrinsic_var(),
+                ivar,
+                temperature=temperature,
+                generator=generator,
+                n_label_errors=err_std.shape[-1],
+            )
         loc = self.flux_loc + self.flux_scale * mu
         scale = self.flux_scale * self.intrinsic_var().sqrt()
         return DiagonalGaussianSpectra(loc, scale, ivar, temperature, generator)
 
     def posterior_mean(
-        self, flux: Tensor, ivar: Tensor | None, context: Tensor | None
+        self,
+        flux: Tensor,
+        ivar: Tensor | None,
+        context: Tensor | None,
+        context_err: Tensor | None = None,
     ) -> PosteriorPrediction:
-        """Posterior of each star's noise-free spectrum; see :class:`PosteriorPrediction`."""
-        dist = self(context, ivar=ivar)
+        r"""Posterior of each star's noise-free spectrum; see :class:`PosteriorPrediction`.
+
+        With ``context_err`` (label errors, physical units) the latent results are those of
+        the L label-error coordinates :math:`e`: true labels
+        :math:`l \approx \hat l + \sigma_l \odot e` (standardised); without, they are empty.
+        """
+        dist = self(context, ivar=ivar, context_err=context_err)
         check_flux(flux, self.n_pixels, self.flux_loc, dist._noise.observed)
         return dist.posterior(flux)
 
@@ -208,10 +277,13 @@ class LinearGaussianModel(SpectralModel):
         slopes = torch.tensordot(labels, self.loading_slopes, dims=([-1], [0]))
         return self.loading + slopes
 
-    def _prior(self, labels: Tensor | None, temperature: float) -> LatentPrior | None:
+    def _prior(
+        self, labels: Tensor | None, temperature: float, n_errors: int = 0
+    ) -> LatentPrior | None:
+        """The tempered prior of z (None: N(0, T^2 I)), of ``[z; T e]`` if ``n_errors`` > 0."""
         return None
 
-    def _distribution_options(self, temperature: float) -> dict[str, Any]:
+    def _distribution_options(self, temperature: float, n_errors: int = 0) -> dict[str, Any]:
         return {}
 
     def forward(
@@ -220,35 +292,52 @@ class LinearGaussianModel(SpectralModel):
         ivar: Tensor | None = None,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        context_err: Tensor | None = None,
     ) -> LatentGaussianSpectra:
-        """p(flux | context), of observed spectra when ``ivar`` is given.
+        r"""p(flux | context), of observed spectra when ``ivar`` is given.
 
         Args:
             context: `(n_stars, n_context)` labels in physical units; None if unconditional.
             ivar: `(n_stars, n_pixels)`, 1 / flux units squared, 0 = masked; None gives the
                 noise-free (intrinsic) spectra.
             temperature: T, scales the latent base Gaussian's and the intrinsic standard
-                deviations (not the noise).
+                deviations (not the noise, nor the label errors).
             generator: default random source for sampling (and importance draws).
+            context_err: `(n_stars, n_context)` one-sigma label errors, physical units,
+                finite and >= 0, or None (exact labels). When given, the latent vector is
+                :math:`[z; T e]` (k + n_context coordinates, module docstring) with loading
+                :math:`[W, J\,\mathrm{diag}(\sigma_l)/T]`: ``log_prob`` marginalises over
+                the true labels (exact for factor analysis), and samples are spectra of
+                stars whose true labels scatter around ``context`` by those errors.
 
         Returns:
             A :class:`LatentGaussianSpectra`.
         """
         context, ivar = self._check_inputs(context, ivar)
+        self._check_context_err(context_err, context)
         temperature = check_temperature(temperature)
         labels = self.standardize_context(context)
-        prior = self._prior(labels, temperature)
+        loading = self.loading_at(labels)
+        n_errors = 0
+        if context_err is not None and labels is not None:
+            err_std = self.standardize_context_err(context_err)
+            extra = label_error_loading(self.mean, labels, err_std, temperature)
+            loading = loading.expand(*extra.shape[:-1], loading.shape[-1])
+            loading = torch.cat([loading, extra], dim=-1)
+            n_errors = extra.shape[-1]
+        prior = self._prior(labels, temperature, n_errors)
         return LatentGaussianSpectra(
             self.flux_loc,
             self.flux_scale,
             self.mean(labels),
-            self.loading_at(labels),
+            loading,
             self.intrinsic_var(),
             ivar,
             prior=prior,
             temperature=temperature,
             generator=generator,
-            **self._distribution_options(temperature),
+            n_label_errors=n_errors,
+            **self._distribution_options(temperature, n_errors),
         )
 
     def posterior_mean(
@@ -257,16 +346,21 @@ class LinearGaussianModel(SpectralModel):
         ivar: Tensor | None,
         context: Tensor | None,
         generator: torch.Generator | None = None,
+        context_err: Tensor | None = None,
     ) -> PosteriorPrediction:
-        """E[x | x_obs, c] and the predicted per-pixel spread; see :class:`PosteriorPrediction`.
+        r"""E[x | x_obs, c] and the predicted per-pixel spread; see :class:`PosteriorPrediction`.
 
         Args:
             flux: `(n_stars, n_pixels)`, continuum-normalised; anything at masked pixels.
             ivar: `(n_stars, n_pixels)`, 1 / flux units squared, 0 = masked, or None.
             context: `(n_stars, n_context)` labels, physical units, or None.
             generator: random source of the importance draws (flow prior only).
+            context_err: `(n_stars, n_context)` label errors, physical units, or None. When
+                given, ``latent_mean``/``latent_cov`` have k + n_context coordinates
+                :math:`[z; e]`: the last ones give the true labels'
+                posterior, :math:`l \approx \hat l + \sigma_l \odot e` (standardised).
         """
-        dist = self(context, ivar=ivar, generator=generator)
+        dist = self(context, ivar=ivar, generator=generator, context_err=context_err)
         check_flux(flux, self.n_pixels, self.flux_loc, dist._noise.observed)
         return dist.posterior(flux)
 

@@ -54,6 +54,11 @@ refinement is off by default for speed and because it is not robust: on a delibe
 random prior (``tests/flows/test_importance.py``) it *raised* the noise by ~1.6x, a local
 linearisation being a poor summary of such a prior. For final scoring with a smooth trained
 prior, ``proposal_refinements=1`` is worth its cost; check the reported ``std_error``.
+
+Label errors (``context_err``, :mod:`~stellarflow.flows.gaussian`): the latent vector becomes
+:math:`[z; T e]` with the :class:`ProductPrior` flow(z) x :math:`N(0, T^2 I)`; the proposals
+treat all coordinates jointly and are exact in the Gaussian block, so the label errors add
+no importance-sampling noise (an identity flow stays exact).
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ from stellarflow.flows.linear_gaussian import LOG_2PI, GaussianReference
 from stellarflow.flows.results import LogProbEstimate
 from stellarflow.flows.splines import RationalQuadraticSpline
 
-__all__ = ["FlowPrior", "LatentFlowConfig", "LatentFlowModel", "identity_init"]
+__all__ = ["FlowPrior", "LatentFlowConfig", "LatentFlowModel", "ProductPrior", "identity_init"]
 
 PROPOSALS = ("posterior", "likelihood")
 
@@ -128,6 +133,69 @@ class FlowPrior:
     def transform_base(self, eps: Tensor) -> Tensor:
         r""":math:`z = f^{-1}(T \varepsilon)` for standard normal eps `(..., k)`."""
         return self.flow.transform.inv(self.temperature * eps)
+
+
+class ProductPrior:
+    r"""A flow prior on the first k coordinates times a Gaussian on the last n:
+
+    .. math:: p_T(z, e') = p_T^{flow}(z)\; N(e'; 0, T^2 I_n),
+
+    the prior of :math:`[z; T e]` when label errors are marginalised (the loading columns
+    of :math:`e' = T e` carry 1/T, so the label errors themselves are untempered; see
+    :mod:`~stellarflow.flows.gaussian`). Implements the
+    :class:`~stellarflow.flows.distributions.LatentPrior` protocol and
+    :meth:`gaussian_approximation`, so the importance sampler and its proposals treat all
+    k + n coordinates jointly (the Gaussian block is exact in every proposal, so it adds no
+    importance-sampling noise).
+
+    Args:
+        flow: the flow prior on z (k coordinates).
+        n_gaussian: n, the number of appended Gaussian coordinates.
+        temperature: T.
+    """
+
+    def __init__(self, flow: FlowPrior, n_gaussian: int, temperature: float = 1.0) -> None:
+        self.flow = flow
+        self.n_gaussian = n_gaussian
+        self.temperature = temperature
+
+    def _split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        k = z.shape[-1] - self.n_gaussian
+        return z[..., :k], z[..., k:]
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        r""":math:`\log p_T(z, e')`, `(..., k + n)` -> `(...)`, nats."""
+        head, tail = self._split(z)
+        t = self.temperature
+        gaussian = -0.5 * (tail / t) ** 2 - math.log(t) - 0.5 * LOG_2PI
+        return self.flow.log_prob(head) + gaussian.sum(-1)
+
+    def gaussian_approximation(self, z: Tensor, step: float = 1e-3) -> GaussianReference:
+        r"""Block-diagonal local Gaussian: the flow's (:meth:`FlowPrior.gaussian_approximation`)
+        on the first k coordinates, the exact :math:`N(0, T^2 I)` on the last n.
+
+        Args:
+            z: `(..., k + n)` expansion points.
+            step: finite-difference step of the flow part.
+
+        Returns:
+            :class:`GaussianReference` with precision `(..., k + n, k + n)`.
+        """
+        head, tail = self._split(z)
+        inner = self.flow.gaussian_approximation(head, step)
+        k, n = head.shape[-1], self.n_gaussian
+        precision = z.new_zeros((*inner.precision.shape[:-2], k + n, k + n))
+        precision[..., :k, :k] = inner.precision
+        eye = torch.eye(n, dtype=z.dtype, device=z.device)
+        precision[..., k:, k:] = eye / self.temperature**2
+        mean = inner.mean if inner.mean is not None else torch.zeros_like(head)
+        return GaussianReference(precision, torch.cat([mean, torch.zeros_like(tail)], dim=-1))
+
+    def transform_base(self, eps: Tensor) -> Tensor:
+        r"""Draws :math:`[f^{-1}(T \varepsilon_{:k});\ T \varepsilon_{k:}]` from standard
+        normal eps `(..., k + n)`."""
+        head, tail = self._split(eps)
+        return torch.cat([self.flow.transform_base(head), self.temperature * tail], dim=-1)
 
 
 def identity_init(flow: zuko.flows.Flow) -> None:
@@ -279,11 +347,23 @@ class LatentFlowModel(LinearGaussianModel):
         rest = [p for p in self.parameters() if id(p) not in flow_ids]
         return [{"params": rest, "lr": lr}, {"params": flow, "lr": lr * self.flow_lr_factor}]
 
-    def _prior(self, labels: Tensor | None, temperature: float) -> FlowPrior:
-        return FlowPrior(self.prior_flow(labels), temperature)
+    def _prior(
+        self, labels: Tensor | None, temperature: float, n_errors: int = 0
+    ) -> FlowPrior | ProductPrior:
+        prior = FlowPrior(self.prior_flow(labels), temperature)
+        if n_errors > 0:
+            return ProductPrior(prior, n_errors, temperature)
+        return prior
 
-    def _distribution_options(self, temperature: float) -> dict[str, Any]:
-        if self.options.proposal == "likelihood":
+    def _distribution_options(self, temperature: float, n_errors: int = 0) -> dict[str, Any]:
+        if self.options.proposal == "likelihood" and n_errors > 0:
+            # No reference on z, the exact prior N(0, T^2) on the label-error coordinates:
+            # their loading columns may vanish (zero errors), so Lambda = 0 would be singular.
+            k = self.options.n_latent
+            like = self.loading
+            diagonal = torch.cat([like.new_zeros(k), like.new_full((n_errors,), temperature**-2)])
+            reference, refinements = GaussianReference(torch.diag(diagonal)), 0
+        elif self.options.proposal == "likelihood":
             reference, refinements = GaussianReference(0.0), 0
         else:
             reference = GaussianReference(1 / temperature**2)
@@ -321,6 +401,7 @@ class LatentFlowModel(LinearGaussianModel):
         context: Tensor | None,
         n_importance: int | None = None,
         generator: torch.Generator | None = None,
+        context_err: Tensor | None = None,
     ) -> LogProbEstimate:
         r"""Importance estimate of log p(flux | context) with its precision.
 
@@ -330,6 +411,8 @@ class LatentFlowModel(LinearGaussianModel):
             context: `(n_stars, n_context)` labels, physical units, or None.
             n_importance: M (default ``self.options.n_importance``).
             generator: random source of the importance draws.
+            context_err: `(n_stars, n_context)` label errors, physical units, or None
+                (see :meth:`forward`).
 
         Returns:
             :class:`~stellarflow.flows.results.LogProbEstimate`: ``log_prob`` (nats,
@@ -337,7 +420,7 @@ class LatentFlowModel(LinearGaussianModel):
             :math:`\sqrt{\sum \tilde w^2 - 1/M}`) and ``ess`` per star.
         """
         check_flux(flux, self.n_pixels, self.flux_loc, finite=False)
-        dist = self(context, ivar=ivar, generator=generator)
+        dist = self(context, ivar=ivar, generator=generator, context_err=context_err)
         estimate = dist.log_prob_estimate(flux, n_importance)
         self._check_result(estimate.log_prob, flux, ivar)
         return estimate

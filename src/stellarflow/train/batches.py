@@ -13,11 +13,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.table import Table
 
 from stellarflow.data.dataset import SpectralDataset, label_array
 from stellarflow.data.summary import SpectraSource
+from stellarflow.errors import LabelError
 
-__all__ = ["Batch", "iter_batches", "split_blocks", "usable_rows"]
+__all__ = ["Batch", "check_label_errors", "iter_batches", "split_blocks", "usable_rows"]
 
 
 @dataclass(frozen=True)
@@ -29,27 +31,35 @@ class Batch:
         ivar: `(n, n_pixels)` float32, 0 = masked.
         labels: `(n, n_labels)` float64, physical units.
         rows: `(n,)` row numbers in the source.
+        label_errors: `(n, n_labels)` float64 one-sigma errors of ``labels`` (same units),
+            or None when they were not asked for.
     """
 
     flux: np.ndarray
     ivar: np.ndarray
     labels: np.ndarray
     rows: np.ndarray
+    label_errors: np.ndarray | None = None
 
     def select(self, index: slice | np.ndarray) -> Batch:
         """The stars at ``index``."""
-        return Batch(self.flux[index], self.ivar[index], self.labels[index], self.rows[index])
+        errors = None if self.label_errors is None else self.label_errors[index]
+        return Batch(
+            self.flux[index], self.ivar[index], self.labels[index], self.rows[index], errors
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
 def _concatenate(parts: Sequence[Batch]) -> Batch:
+    errors = [p.label_errors for p in parts]
     return Batch(
         np.concatenate([p.flux for p in parts]),
         np.concatenate([p.ivar for p in parts]),
         np.concatenate([p.labels for p in parts]),
         np.concatenate([p.rows for p in parts]),
+        None if any(e is None for e in errors) else np.concatenate(errors),
     )
 
 
@@ -84,22 +94,64 @@ def usable_rows(
     return ok
 
 
+def check_label_errors(
+    labels: Table, label_names: Sequence[str], error_names: Sequence[str]
+) -> None:
+    """Check the labels' error columns before they are used (training or scoring).
+
+    Args:
+        labels: the label table.
+        label_names: the labels, e.g. ("TEFF", "LOGG").
+        error_names: their error columns, in the same order, e.g. ("TEFF_ERR", "LOGG_ERR").
+
+    Raises:
+        LabelError: a column is missing or not numeric, or an error is NaN, infinite or
+            negative for a star whose labels are all finite (stars with a non-finite label
+            are skipped anyway).
+    """
+    missing = [name for name in error_names if name not in labels.colnames]
+    if missing:
+        raise LabelError(
+            f"label errors were requested but the label table lacks {missing} (one-sigma "
+            "errors of the labels, in the labels' units); add those columns, or, when "
+            "training, use exact labels (label_errors=False, i.e. no --label-errors)"
+        )
+    values = label_array(labels, label_names)
+    errors = label_array(labels, error_names)
+    used = np.all(np.isfinite(values), axis=1)
+    for column, name in enumerate(error_names):
+        err = errors[used, column]
+        n_bad, n_negative = int(np.sum(~np.isfinite(err))), int(np.sum(err < 0))
+        if n_bad or n_negative:
+            raise LabelError(
+                f"{name} has {n_bad} NaN or infinite and {n_negative} negative values for "
+                "stars with finite labels; give every such star a one-sigma error >= 0 "
+                "(0 = exact) or drop those stars (or, when training, use exact labels: "
+                "label_errors=False)"
+            )
+
+
 def _read_blocks(
     source: SpectraSource | SpectralDataset,
     blocks: np.ndarray,
     label_names: Sequence[str],
     min_good_fraction: float,
+    error_names: Sequence[str],
 ) -> Batch:
     parts: list[Batch] = []
     for start, stop in blocks:
         chunk = source.read(int(start), int(stop))
         keep = usable_rows(chunk, label_names, min_good_fraction)
+        errors = None
+        if error_names:
+            errors = label_array(chunk.labels, error_names)[keep]
         parts.append(
             Batch(
                 chunk.flux[keep],
                 chunk.ivar[keep],
                 label_array(chunk.labels, label_names)[keep],
                 np.arange(start, stop)[keep],
+                errors,
             )
         )
     return _concatenate(parts)
@@ -115,6 +167,7 @@ def iter_batches(
     blocks_per_buffer: int = 16,
     min_good_fraction: float = 0.5,
     drop_last: bool = False,
+    error_names: Sequence[str] = (),
 ) -> Iterator[Batch]:
     """Yield mini-batches from the given blocks.
 
@@ -127,12 +180,14 @@ def iter_batches(
         blocks_per_buffer: blocks read and shuffled together.
         min_good_fraction: stars with fewer usable pixels are skipped.
         drop_last: drop a final incomplete batch (training) or keep it (evaluation).
+        error_names: columns of the labels' one-sigma errors (e.g. "TEFF_ERR"), one per
+            label, returned as ``Batch.label_errors``; empty: none.
     """
     order = rng.permutation(len(blocks)) if rng is not None else np.arange(len(blocks))
     carry: Batch | None = None
     for first in range(0, len(order), blocks_per_buffer):
         group = blocks[np.sort(order[first : first + blocks_per_buffer])]
-        buffer = _read_blocks(source, group, label_names, min_good_fraction)
+        buffer = _read_blocks(source, group, label_names, min_good_fraction, error_names)
         if rng is not None:
             buffer = buffer.select(rng.permutation(len(buffer)))
         if carry is not None:

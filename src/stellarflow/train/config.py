@@ -45,6 +45,11 @@ class TrainConfig:
         block_size: stars per contiguous block of the split and the shuffle (out-of-core
             friendly: blocks are read whole).
         min_good_fraction: stars with a smaller fraction of usable pixels are not trained on.
+        label_errors: marginalise over each star's label uncertainties, read from the
+            ``<LABEL>_ERR`` columns (e.g. ``TEFF_ERR`` in K): the likelihood becomes
+            p(flux | measured labels, their errors), linearised in the labels
+            (``stellarflow.flows.gaussian``); scoring then uses the errors too. Needs a
+            noise-aware model (not "coupling"). False: labels are taken as exact.
     """
 
     label_names: tuple[str, ...]
@@ -65,6 +70,7 @@ class TrainConfig:
     precision: str = "float32"
     block_size: int = 256
     min_good_fraction: float = 0.5
+    label_errors: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_names", tuple(self.label_names))
@@ -97,6 +103,17 @@ class TrainConfig:
             raise ValueError("grad_clip must be > 0; weight_decay and warmup_steps >= 0")
         if not 0.0 <= self.min_good_fraction < 1.0:
             raise ValueError(f"min_good_fraction must be in [0, 1), got {self.min_good_fraction}")
+        if not isinstance(self.label_errors, bool):
+            raise ValueError(f"label_errors must be true or false, got {self.label_errors!r}")
+        if self.label_errors and not self.label_names:
+            raise ValueError("label_errors needs labels; an unconditional model has none")
+
+    @property
+    def error_names(self) -> tuple[str, ...]:
+        """The label-error columns read when ``label_errors``: ``<LABEL>_ERR``, else ()."""
+        if not self.label_errors:
+            return ()
+        return tuple(f"{name}_ERR" for name in self.label_names)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

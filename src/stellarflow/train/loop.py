@@ -24,9 +24,9 @@ import torch
 from stellarflow.data.dataset import SpectralDataset, label_array
 from stellarflow.data.grid import grid_hash
 from stellarflow.data.summary import SpectraSource
-from stellarflow.errors import OutputExistsError
+from stellarflow.errors import LabelError, OutputExistsError
 from stellarflow.io.atomic import atomic_path
-from stellarflow.train.batches import Batch, iter_batches, split_blocks
+from stellarflow.train.batches import Batch, check_label_errors, iter_batches, split_blocks
 from stellarflow.train.checkpoint import (
     load_torch,
     log_prob_is_exact,
@@ -77,11 +77,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _tensors(batch: Batch, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _tensors(
+    batch: Batch, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """flux, ivar, labels and label errors (None unless the batch carries them)."""
+    errors = None
+    if batch.label_errors is not None:
+        errors = torch.as_tensor(batch.label_errors, device=device, dtype=dtype)
     return (
         torch.as_tensor(batch.flux, device=device, dtype=dtype),
         torch.as_tensor(batch.ivar, device=device, dtype=dtype),
         torch.as_tensor(batch.labels, device=device, dtype=dtype),
+        errors,
     )
 
 
@@ -97,10 +104,16 @@ def evaluate(
     model.eval()
     total, pixels = 0.0, 0.0
     for batch in iter_batches(
-        source, blocks, 1024, config.label_names, min_good_fraction=config.min_good_fraction
+        source,
+        blocks,
+        1024,
+        config.label_names,
+        min_good_fraction=config.min_good_fraction,
+        error_names=config.error_names,
     ):
-        flux, ivar, labels = _tensors(batch, device, torch.float32)
-        log_prob = model.observed_log_prob(flux, ivar, labels if config.label_names else None)
+        flux, ivar, labels, errors = _tensors(batch, device, torch.float32)
+        context = labels if config.label_names else None
+        log_prob = model.observed_log_prob(flux, ivar, context, context_err=errors)
         total -= float(log_prob.double().sum())
         pixels += float((batch.ivar > 0).sum())
     model.train()
@@ -183,6 +196,11 @@ def train_model(
     out = Path(out)
     _prepare_directory(out, resume, overwrite)
     label_array(source.labels, config.label_names)  # raises LabelError if a label is missing
+    if config.label_errors:
+        try:
+            check_label_errors(source.labels, config.label_names, config.error_names)
+        except LabelError as err:
+            raise TrainingError(f"cannot train with label_errors: {err}") from None
     device = resolve_device(config.device)
     if config.precision == "tf32" and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -199,6 +217,12 @@ def train_model(
             model = build_model(config.model, source.n_pixels, n_context, **config.model_options)
         except FlowInputError as err:
             raise TrainingError(f"cannot build the model: {err}") from None
+    if config.label_errors and not getattr(model, "noise_aware", True):
+        raise TrainingError(
+            f"label_errors needs a model with a noise model (cannon, factor_analysis, "
+            f"latent_flow); {config.model!r} has none. Choose one of those or train without "
+            "--label-errors"
+        )
     model.to(device)
 
     if resume:
@@ -229,7 +253,7 @@ def train_model(
                 min_good_fraction=config.min_good_fraction,
             )
         )
-        flux, ivar, labels = _tensors(warm, device, torch.float32)
+        flux, ivar, labels, _ = _tensors(warm, device, torch.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model.initialize_from_data(flux, ivar, labels if n_context else None)
@@ -376,11 +400,12 @@ def _run_epoch(
         rng=rng,
         min_good_fraction=config.min_good_fraction,
         drop_last=True,
+        error_names=config.error_names,
     ):
-        flux, ivar, labels = _tensors(batch, device, torch.float32)
+        flux, ivar, labels, errors = _tensors(batch, device, torch.float32)
         context = labels if config.label_names else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = model.loss(flux, ivar, context)
+            loss = model.loss(flux, ivar, context, context_err=errors)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             skipped, consecutive = skipped + 1, consecutive + 1
