@@ -1,12 +1,19 @@
 """The end-to-end demo on the built-in mock survey, stage by stage, resumable.
 
-Each stage writes its outputs atomically and is recorded in ``RUN_DIR/stages.json`` when it
-finishes; re-running with the same ``RUN_DIR`` skips the finished stages. Stages today:
+Each stage writes its outputs atomically and is recorded, with its key numbers, in
+``RUN_DIR/stages.json`` when it finishes; re-running with the same ``RUN_DIR`` skips the
+finished stages. Stages today:
 
 1. ``mock``: a mock survey with known truth (``survey.h5``).
 2. ``summary``: ``summary.txt``, what ``stellarflow info`` prints.
 3. ``figures``: ``mock_spectra.png`` (spectra with published and withheld lines) and
    ``mock_population.png`` (Teff-logg and [Mg/Fe]-[Fe/H]).
+4. ``train``: the default model (``latent_flow``) of p(flux | TEFF, LOGG, FE_H), trained
+   into ``model/`` (weights, config, metadata, ``training_curve.png``). An interrupted
+   training resumes from its last finished epoch.
+5. ``score``: ``scores.ecsv``, log p(flux | labels) of every star (as ``stellarflow score``).
+6. ``samples``: ``samples_vs_data.png``, model samples beside the survey's spectra at a
+   well-populated label point.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +29,10 @@ import numpy as np
 
 from stellarflow.errors import StellarflowError
 from stellarflow.io.atomic import atomic_path
-from stellarflow.train.checkpoint import read_json, write_json
+from stellarflow.train.checkpoint import TrainedModel, read_json, write_json
+from stellarflow.train.config import TrainConfig
 
-__all__ = ["DEMO_SIZES", "DemoConfig", "run_demo"]
+__all__ = ["DEMO_LABELS", "DEMO_SIZES", "DEMO_TRAINING", "DemoConfig", "run_demo"]
 
 # small: minutes on a 2-core laptop; full: the native 7,514-pixel APOGEE grid.
 DEMO_SIZES: dict[str, dict[str, Any]] = {
@@ -33,6 +41,24 @@ DEMO_SIZES: dict[str, dict[str, Any]] = {
     "full": {"n_stars": 25000, "n_pixels": None},
 }
 
+# Maximum epochs, and a time budget in minutes as a safety net (training stops, with its
+# best weights saved, after the epoch that exceeds it). small: ~2.5 s per epoch on 2 idle CPU
+# cores, so about 2-3 minutes; the validation loss has flattened well before epoch 50.
+# full: ~60x the work per epoch (8x the stars, 7x the pixels), so on a CPU the time budget
+# ends it (not measured yet; a GPU, used when present, should get through all the epochs).
+DEMO_TRAINING: dict[str, dict[str, Any]] = {
+    "small": {"epochs": 50, "time_limit": 4.0},
+    "full": {"epochs": 60, "time_limit": 90.0},
+}
+
+DEMO_LABELS: tuple[str, ...] = ("TEFF", "LOGG", "FE_H")
+
+# The label point of the samples figure when the model supports it (else the median labels).
+_REFERENCE_POINT = {"TEFF": 4750.0, "LOGG": 2.5, "FE_H": 0.0}
+_N_SAMPLES = 1000
+# Surveys smaller than this are loaded whole for training (as `stellarflow train` does).
+_IN_MEMORY_BYTES = 4 << 30
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -40,19 +66,23 @@ class DemoConfig:
 
     Attributes:
         size: "small" (default; minutes on a laptop) or "full" (7,514 pixels).
-        seed: seed of the mock survey.
+        seed: seed of the mock survey and of the training.
         n_stars: override the size's number of stars (tests use tiny runs).
         n_pixels: override the size's number of pixels.
+        epochs: override the size's maximum number of training epochs.
     """
 
     size: str = "small"
     seed: int = 0
     n_stars: int | None = None
     n_pixels: int | None = None
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.size not in DEMO_SIZES:
             raise ValueError(f"size must be one of {sorted(DEMO_SIZES)}, got {self.size!r}")
+        if self.epochs is not None and (int(self.epochs) != self.epochs or self.epochs < 1):
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs}")
 
     @property
     def mock_options(self) -> dict[str, Any]:
@@ -64,6 +94,17 @@ class DemoConfig:
             options["n_pixels"] = self.n_pixels
         return {k: v for k, v in options.items() if v is not None} | {"seed": self.seed}
 
+    @property
+    def train_config(self) -> TrainConfig:
+        """How the demo's model is trained: the default model family and settings."""
+        options = DEMO_TRAINING[self.size]
+        return TrainConfig(
+            label_names=DEMO_LABELS,
+            epochs=self.epochs if self.epochs is not None else options["epochs"],
+            time_limit=options["time_limit"],
+            seed=self.seed,
+        )
+
 
 class DemoStateError(StellarflowError, ValueError):
     """The run directory belongs to a demo run with other settings."""
@@ -74,12 +115,35 @@ def _load_state(out: Path, config: DemoConfig) -> dict[str, Any]:
     if not state_path.exists():
         return {"config": asdict(config), "stages": {}}
     state = read_json(state_path)
-    if state.get("config") != asdict(config):
+    saved = state.get("config")
+    if isinstance(saved, dict):
+        # settings added since the run was started take their defaults
+        saved = {f.name: f.default for f in fields(DemoConfig)} | saved
+    if saved != asdict(config):
         raise DemoStateError(
             f"{out} holds a demo run with settings {state.get('config')}, not "
             f"{asdict(config)}; choose another --out or delete {out}"
         )
+    state["config"] = saved
     return state
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage needs: where, with which settings, and how to talk."""
+
+    out: Path
+    config: DemoConfig
+    progress: bool
+    report: Callable[[str], None]
+
+    @property
+    def survey_path(self) -> Path:
+        return self.out / "survey.h5"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / "model"
 
 
 def run_demo(
@@ -96,56 +160,56 @@ def run_demo(
         config: demo settings.
         progress: show progress bars.
         report: called with one line per stage (the CLI prints them).
-    """
-    from stellarflow.mock import MockConfig, write_mock_survey
 
+    Returns:
+        The content of ``stages.json``: ``{"config": ..., "stages": {name: record}}``, each
+        record holding the stage's ``seconds`` and its key numbers.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, config)
     stages: dict[str, Any] = state["stages"]
-    survey_path = out / "survey.h5"
-
-    def finish(name: str, started: float, **extra: Any) -> None:
-        stages[name] = {"seconds": round(time.monotonic() - started, 2), **extra}
+    run = _Run(out, config, progress, report)
+    for name, stage, outputs in _STAGES:
+        if name in stages and all((out / output).exists() for output in outputs):
+            report(f"[{name}] already done: {', '.join(outputs)}")
+            continue
+        started = time.monotonic()
+        record = stage(run)
+        stages[name] = {"seconds": round(time.monotonic() - started, 2), **record}
         write_json(out / "stages.json", state)
         report(f"[{name}] done in {stages[name]['seconds']:.1f} s")
-
-    if "mock" in stages and survey_path.is_file():
-        report("[mock] already done: survey.h5")
-    else:
-        started = time.monotonic()
-        report(f"[mock] generating a mock survey: {config.mock_options}")
-        write_mock_survey(
-            survey_path, MockConfig(**config.mock_options), overwrite=True, progress=progress
-        )
-        finish("mock", started, survey=survey_path.name)
-
-    if "summary" in stages:
-        report("[summary] already done: summary.txt")
-    else:
-        started = time.monotonic()
-        lines = _summary_lines(survey_path)
-        with atomic_path(out / "summary.txt", overwrite=True) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
-        for line in lines:
-            report("  " + line)
-        finish("summary", started)
-
-    if "figures" in stages:
-        report("[figures] already done")
-    else:
-        started = time.monotonic()
-        names = _mock_figures(survey_path, out)
-        finish("figures", started, files=names)
     return state
 
 
-def _summary_lines(survey_path: Path) -> list[str]:
+def _mock_stage(run: _Run) -> dict[str, Any]:
+    from stellarflow.mock import MockConfig, write_mock_survey
+
+    run.report(f"[mock] generating a mock survey: {run.config.mock_options}")
+    write_mock_survey(
+        run.survey_path,
+        MockConfig(**run.config.mock_options),
+        overwrite=True,
+        progress=run.progress,
+    )
+    return {"survey": run.survey_path.name}
+
+
+def _summary_stage(run: _Run) -> dict[str, Any]:
     from stellarflow.data.summary import summarize
     from stellarflow.io.hdf5 import open_survey
 
-    with open_survey(survey_path) as survey:
-        return summarize(survey).lines()
+    with open_survey(run.survey_path) as survey:
+        lines = summarize(survey).lines()
+    with atomic_path(run.out / "summary.txt", overwrite=True) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    for line in lines:
+        run.report("  " + line)
+    return {}
+
+
+def _figures_stage(run: _Run) -> dict[str, Any]:
+    return {"files": _mock_figures(run.survey_path, run.out)}
 
 
 def _showcase_rows(truth: Any, n_show: int = 3) -> np.ndarray:
@@ -160,8 +224,6 @@ def _showcase_rows(truth: Any, n_show: int = 3) -> np.ndarray:
 
 
 def _mock_figures(survey_path: Path, out: Path) -> list[str]:
-    import matplotlib.pyplot as plt
-
     from stellarflow.data.dataset import concatenate
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.plot.mock import plot_mock_population, plot_mock_spectra
@@ -184,7 +246,173 @@ def _mock_figures(survey_path: Path, out: Path) -> list[str]:
         "mock_population.png": plot_mock_population(truth),
     }
     for name, figure in figures.items():
-        with atomic_path(out / name, overwrite=True) as tmp:
-            figure.savefig(tmp, format="png", dpi=110)
-        plt.close(figure)
+        _save_figure(figure, out / name)
     return list(figures)
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, overwrite=True) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+
+
+def _training_finished(model_dir: Path) -> bool:
+    """Whether ``train_model`` returned in ``model_dir`` (it writes the curve last)."""
+    metadata = model_dir / "metadata.json"
+    return (
+        metadata.is_file()
+        and "stopped" in read_json(metadata)
+        and (model_dir / "training_curve.png").is_file()
+    )
+
+
+def _train_stage(run: _Run) -> dict[str, Any]:
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.train.loop import train_model
+
+    config = run.config.train_config
+    model_dir = run.model_dir
+    if _training_finished(model_dir):
+        run.report("[train] the training in model/ had finished; recording it")
+    else:
+        # training_state.pt is written at the end of every epoch: resume from the last one
+        resume = (model_dir / "training_state.pt").is_file()
+        if resume:
+            metadata_path = model_dir / "metadata.json"
+            done = len(read_json(metadata_path)["history"]) if metadata_path.is_file() else 1
+            run.report(f"[train] resuming the interrupted training at epoch {done + 1}")
+        else:
+            run.report(
+                f"[train] {config.model} on {', '.join(config.label_names)}: up to "
+                f"{config.epochs} epochs, time limit {config.time_limit:g} min -> model/"
+            )
+        with open_survey(run.survey_path) as survey:
+            source: Any = survey
+            if survey.n_stars * survey.n_pixels * 9 < _IN_MEMORY_BYTES:
+                source = survey.load()
+            train_model(
+                source,
+                config,
+                model_dir,
+                resume=resume,
+                overwrite=not resume,
+                progress=run.progress,
+            )
+    metadata = read_json(model_dir / "metadata.json")
+    history = metadata["history"]
+    record = {
+        "model": model_dir.name,
+        "model_kind": config.model,
+        "epochs": len(history),
+        "best_epoch": int(metadata["best_epoch"]),
+        "best_validation_nats_per_pixel": round(
+            float(metadata["best_validation_nats_per_pixel"]), 5
+        ),
+        "stopped": metadata["stopped"],
+        "training_seconds": round(sum(float(h["seconds"]) for h in history), 1),
+    }
+    run.report(
+        f"[train] {record['epochs']} epochs ({record['stopped']}); best validation "
+        f"{record['best_validation_nats_per_pixel']:.4f} nats/pixel at epoch "
+        f"{record['best_epoch'] + 1}"
+    )
+    return record
+
+
+def _load_trained(run: _Run) -> TrainedModel:
+    """The demo's model, on the device it was trained on (CUDA when present)."""
+    from stellarflow.train.checkpoint import load_model
+    from stellarflow.train.loop import resolve_device
+
+    return load_model(run.model_dir, device=resolve_device(run.config.train_config.device))
+
+
+def _score_stage(run: _Run) -> dict[str, Any]:
+    from stellarflow.analysis.score import score_survey
+    from stellarflow.io.hdf5 import open_survey
+
+    run.report("[score] log p(flux | labels) of every star -> scores.ecsv")
+    trained = _load_trained(run)
+    with open_survey(run.survey_path) as survey:
+        started = time.monotonic()
+        table = score_survey(trained, survey, progress=run.progress)
+        seconds = time.monotonic() - started
+    with atomic_path(run.out / "scores.ecsv", overwrite=True) as tmp:
+        table.write(tmp, format="ascii.ecsv")
+    n_stars = len(table)
+    per_pixel = np.asarray(table["log_prob_per_pixel"], dtype=np.float64)
+    record = {
+        "scores": "scores.ecsv",
+        "n_stars": n_stars,
+        "stars_per_second": round(n_stars / max(seconds, 1e-9), 1),
+        "unsupported_fraction": round(float(np.mean(~np.asarray(table["supported"]))), 4),
+        "too_few_pixels_fraction": round(float(np.mean(~np.asarray(table["enough_pixels"]))), 4),
+        "median_log_prob_per_pixel": round(float(np.nanmedian(per_pixel)), 5),
+        "log_prob_is_exact": bool(table.meta["log_prob_is_exact"]),
+    }
+    run.report(
+        f"[score] {n_stars} stars at {record['stars_per_second']:.0f} stars/s; "
+        f"{100 * record['unsupported_fraction']:.1f} % outside the label support, "
+        f"{100 * record['too_few_pixels_fraction']:.1f} % with too few pixels; median "
+        f"{record['median_log_prob_per_pixel']:.4f} nats/pixel"
+    )
+    return record
+
+
+def _label_point(trained: TrainedModel, labels: Any) -> dict[str, float]:
+    """The reference point if the model supports it and stars are there, else the median."""
+    from stellarflow.analysis.sampling import stars_near
+    from stellarflow.data.dataset import label_array
+
+    names = trained.label_names
+    reference = {name: _REFERENCE_POINT[name] for name in names if name in _REFERENCE_POINT}
+    if len(reference) == len(names):
+        inside = trained.support.contains(np.array([[reference[n] for n in names]]))[0]
+        if inside and stars_near(labels, reference).size >= 20:
+            return reference
+    median = np.nanmedian(label_array(labels, names), axis=0)
+    return {
+        n: float(np.round(v, -1 if n == "TEFF" else 2)) for n, v in zip(names, median, strict=True)
+    }
+
+
+def _samples_stage(run: _Run) -> dict[str, Any]:
+    from stellarflow.analysis.sampling import sample_spectra, stars_near
+    from stellarflow.data.dataset import concatenate
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.plot.model import plot_samples_vs_data
+
+    trained = _load_trained(run)
+    with open_survey(run.survey_path) as survey:
+        point = _label_point(trained, survey.labels)
+        rows = stars_near(survey.labels, point)[:200]
+        near = concatenate([survey.read(int(r), int(r) + 1) for r in rows])
+    text = ",".join(f"{name}={value:g}" for name, value in point.items())
+    run.report(f"[samples] {_N_SAMPLES} samples at {text} beside {rows.size} stars near it")
+    samples = sample_spectra(trained, point, _N_SAMPLES, seed=run.config.seed)
+    window = None
+    if trained.wavelength[0] < 15600.0 and trained.wavelength[-1] > 15900.0:
+        window = (15600.0, 15900.0)  # the small demo's window; the full grid is too dense
+    figure = plot_samples_vs_data(
+        trained.wavelength, samples, near.flux, near.mask, point=point, window=window
+    )
+    _save_figure(figure, run.out / "samples_vs_data.png")
+    return {
+        "figure": "samples_vs_data.png",
+        "point": point,
+        "n_samples": _N_SAMPLES,
+        "n_stars_near": int(rows.size),
+    }
+
+
+# name, function, outputs (relative to the run directory) that must exist for it to count
+_STAGES: tuple[tuple[str, Callable[[_Run], dict[str, Any]], tuple[str, ...]], ...] = (
+    ("mock", _mock_stage, ("survey.h5",)),
+    ("summary", _summary_stage, ("summary.txt",)),
+    ("figures", _figures_stage, ("mock_spectra.png", "mock_population.png")),
+    ("train", _train_stage, ("model/model.pt",)),
+    ("score", _score_stage, ("scores.ecsv",)),
+    ("samples", _samples_stage, ("samples_vs_data.png",)),
+)

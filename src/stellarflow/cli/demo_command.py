@@ -17,8 +17,9 @@ def register(commands: Any) -> None:
         "demo",
         help="run the end-to-end demo on a built-in mock survey",
         description="Generate a mock survey with known truth and run every capability "
-        "that has landed on it, writing tables and figures to RUN_DIR. Re-running with the "
-        "same --out resumes: finished stages are not redone.",
+        "that has landed on it (train the default model, score every star, draw samples), "
+        "writing tables and figures to RUN_DIR. Re-running with the same --out resumes: "
+        "finished stages are not redone and an interrupted training continues.",
     )
     demo.add_argument("--out", type=Path, default=Path("demo-run"), help="run directory")
     demo.add_argument(
@@ -27,9 +28,12 @@ def register(commands: Any) -> None:
         default="small",
         help="small: minutes on a laptop (default); full: the 7,514-pixel APOGEE grid",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the mock survey")
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of the mock survey and the training"
+    )
     demo.add_argument("--n-stars", type=int, default=None, help=argparse.SUPPRESS)
     demo.add_argument("--n-pixels", type=int, default=None, help=argparse.SUPPRESS)
+    demo.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
     demo.set_defaults(handler=run)
 
 
@@ -39,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = DemoConfig(
-            size=args.size, seed=args.seed, n_stars=args.n_stars, n_pixels=args.n_pixels
+            size=args.size,
+            seed=args.seed,
+            n_stars=args.n_stars,
+            n_pixels=args.n_pixels,
+            epochs=args.epochs,
         )
     except ValueError as err:
         raise DataValidationError(f"invalid demo settings: {err}") from None
