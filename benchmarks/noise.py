@@ -79,9 +79,10 @@ def _naive(dataset: SpectralDataset) -> SpectralDataset:
     )
 
 
-def _train(dataset, spec, out, args) -> Path:
+def _train(dataset, spec, out, args, label_errors: bool = False) -> Path:
     kind, options = _model_options(spec)
     config = TrainConfig(
+        label_errors=label_errors,
         label_names=LABELS,
         model=kind,
         model_options=options,
@@ -114,8 +115,16 @@ def _noise_free_samples(model, point: dict[str, float], n: int) -> np.ndarray:
 def _evaluate(trained, test, truth, inlier, naive: bool, n_reference: int) -> dict:
     data = _naive(test) if naive else test
     context = test.label_array(LABELS)
+    context_err = None
+    if trained.config.label_errors:
+        context_err = test.label_array([f"{name}_ERR" for name in LABELS])
     scores = calibrate_log_prob(
-        trained.model, data.flux, data.ivar, context, n_reference=n_reference
+        trained.model,
+        data.flux,
+        data.ivar,
+        context,
+        context_err=context_err,
+        n_reference=n_reference,
     )
     snr = np.asarray(truth["SNR"], dtype=np.float64)
     oracle = np.asarray(truth["log_prob_oracle"], dtype=np.float64)
@@ -150,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--point", default="TEFF=4750,LOGG=2.5,FE_H=0")
     parser.add_argument("--n-reference", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--label-errors",
+        action="store_true",
+        help="also train the aware model with the labels' own errors (<LABEL>_ERR columns)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sf-noise-"))
@@ -185,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         if aware_dir is None or not (aware_dir / "model.pt").exists():
             aware_dir = _train(train, spec, work / name, args)
         naive_dir = _train(_naive(train), spec, work / f"{name}_naive", args)
-        for variant, path in (("aware", aware_dir), ("naive", naive_dir)):
+        variants = [("aware", aware_dir), ("naive", naive_dir)]
+        if args.label_errors:
+            labels_dir = _train(train, spec, work / f"{name}_label_errors", args, True)
+            variants.insert(1, ("aware+label errors", labels_dir))
+        for variant, path in variants:
             trained = load_model(path)
             trained.model.eval()
             row = _evaluate(trained, test, truth, inlier, variant == "naive", args.n_reference)

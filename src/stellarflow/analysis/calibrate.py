@@ -135,11 +135,13 @@ def _chunk_scores(
     flux: torch.Tensor,
     ivar: torch.Tensor,
     context: torch.Tensor | None,
+    context_err: torch.Tensor | None,
     n_reference: int,
     generator: torch.Generator | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """log_prob, chi2, dof, spread_ratio for one chunk of stars."""
-    dist = model(context, ivar=ivar, generator=generator)
+    extra = {} if context_err is None else {"context_err": context_err}
+    dist = model(context, ivar=ivar, generator=generator, **extra)
     log_prob = dist.log_prob(flux).double()
     dof = (ivar > 0).sum(-1).double()
     if getattr(dist, "log_prob_is_exact", False) and getattr(dist, "prior", None) is None:
@@ -167,6 +169,7 @@ def calibrate_log_prob(
     ivar: np.ndarray,
     context: np.ndarray | None,
     *,
+    context_err: np.ndarray | None = None,
     n_reference: int = 32,
     chunk_size: int = 256,
     seed: int = 0,
@@ -178,6 +181,8 @@ def calibrate_log_prob(
         flux: `(n_stars, n_pixels)` continuum-normalised flux; anything at masked pixels.
         ivar: `(n_stars, n_pixels)` inverse variances, 1 / flux units squared; 0 = masked.
         context: `(n_stars, n_context)` labels in physical units, or None (unconditional).
+        context_err: `(n_stars, n_context)` one-sigma label errors (physical units), for a
+            model trained with label errors; None = exact labels.
         n_reference: reference draws per star for a flow prior (ignored when exact).
         chunk_size: stars per evaluation (bounds memory: ``n_reference x chunk_size x
             n_pixels`` floats for a flow prior).
@@ -201,13 +206,24 @@ def calibrate_log_prob(
     param = next(model.parameters())
     generator = torch.Generator(device=param.device).manual_seed(seed)
     parts = []
+
+    def tensor(array: np.ndarray | None, rows: slice) -> torch.Tensor | None:
+        if array is None:
+            return None
+        return torch.as_tensor(array[rows], dtype=param.dtype, device=param.device)
+
     for rows in star_chunks(len(flux), chunk_size):
-        f = torch.as_tensor(flux[rows], dtype=param.dtype, device=param.device)
-        w = torch.as_tensor(ivar[rows], dtype=param.dtype, device=param.device)
-        c = None
-        if context is not None:
-            c = torch.as_tensor(context[rows], dtype=param.dtype, device=param.device)
-        parts.append(_chunk_scores(model, f, w, c, n_reference, generator))
+        parts.append(
+            _chunk_scores(
+                model,
+                tensor(flux, rows),
+                tensor(ivar, rows),
+                tensor(context, rows),
+                tensor(context_err, rows),
+                n_reference,
+                generator,
+            )
+        )
     log_prob, chi2, dof, spread = (np.concatenate(p) for p in zip(*parts, strict=True))
     log_p_tail, z = tail_from_chi2(chi2, dof)
     exact = bool(np.all(np.isnan(spread)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,21 @@ def register(commands: Any) -> None:
         help="marginalise over each star's label uncertainties from the <LABEL>_ERR columns "
         "(e.g. TEFF_ERR); scoring then uses them too (not for --model coupling)",
     )
+    train.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the model family, repeatable, e.g. --option n_latent=16 "
+        "(values are JSON: numbers, true/false, strings)",
+    )
+    train.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        default=None,
+        help="start from a trained model's shared parameters instead of the data warm "
+        "start (e.g. a factor_analysis model for a latent_flow with the same n_latent)",
+    )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out")
     train.set_defaults(handler=run_train)
@@ -93,6 +109,20 @@ def _label_names(text: str) -> tuple[str, ...]:
     return tuple(name.strip().upper() for name in text.split(",") if name.strip())
 
 
+def _model_options(items: list[str]) -> dict[str, Any]:
+    """``["n_latent=16", "proposal=likelihood"]`` -> ``{"n_latent": 16, "proposal": ...}``."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option expects KEY=VALUE (e.g. n_latent=16), got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``stellarflow train``."""
     from stellarflow.io.hdf5 import open_survey
@@ -112,6 +142,8 @@ def run_train(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             label_errors=args.label_errors,
+            model_options=_model_options(args.option),
+            init_from=args.init_from,
         )
     except ValueError as err:
         raise DataValidationError(f"invalid training settings: {err}") from None

@@ -50,6 +50,12 @@ class TrainConfig:
             p(flux | measured labels, their errors), linearised in the labels
             (``stellarflow.flows.gaussian``); scoring then uses the errors too. Needs a
             noise-aware model (not "coupling"). False: labels are taken as exact.
+        init_from: a trained model directory whose parameters start this model instead of
+            the warm start from data, for every parameter and buffer the two share by name
+            and shape (same grid and labels required). The staged recipe: fit
+            ``factor_analysis`` (minutes), then ``latent_flow`` with the same ``n_latent``
+            from it: the flow starts as the identity, so training begins exactly at the
+            factor-analysis model and only has to improve on it. None: warm start from data.
     """
 
     label_names: tuple[str, ...]
@@ -71,6 +77,7 @@ class TrainConfig:
     block_size: int = 256
     min_good_fraction: float = 0.5
     label_errors: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_names", tuple(self.label_names))
@@ -105,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"min_good_fraction must be in [0, 1), got {self.min_good_fraction}")
         if not isinstance(self.label_errors, bool):
             raise ValueError(f"label_errors must be true or false, got {self.label_errors!r}")
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", str(self.init_from))
         if self.label_errors and not self.label_names:
             raise ValueError("label_errors needs labels; an unconditional model has none")
 

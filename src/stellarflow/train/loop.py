@@ -24,7 +24,7 @@ import torch
 from stellarflow.data.dataset import SpectralDataset, label_array
 from stellarflow.data.grid import grid_hash
 from stellarflow.data.summary import SpectraSource
-from stellarflow.errors import LabelError, OutputExistsError
+from stellarflow.errors import LabelError, OutputExistsError, StellarflowError
 from stellarflow.io.atomic import atomic_path
 from stellarflow.train.batches import Batch, check_label_errors, iter_batches, split_blocks
 from stellarflow.train.checkpoint import (
@@ -167,6 +167,47 @@ def _prepare_directory(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _initialize_from_model(
+    model: torch.nn.Module, path: Path, source: SpectraSource | SpectralDataset, config: TrainConfig
+) -> list[str]:
+    """Copy every parameter and buffer that ``path``'s model shares by name and shape.
+
+    Returns:
+        The names copied.
+
+    Raises:
+        TrainingError: the directory is not a compatible model (grid, labels), or the two
+            models share nothing but their standardisation.
+    """
+    from stellarflow.train.checkpoint import check_compatible, load_model
+
+    try:
+        start = load_model(path)
+        check_compatible(start, source.wavelength, source.labels.colnames)
+    except StellarflowError as err:
+        raise TrainingError(f"cannot start from {path}: {err}") from None
+    if list(start.label_names) != list(config.label_names):
+        raise TrainingError(
+            f"cannot start from {path}: it is conditioned on {list(start.label_names)}, "
+            f"this run on {list(config.label_names)}; use the same --labels"
+        )
+    own = model.state_dict()
+    shared = {
+        name: value
+        for name, value in start.model.state_dict().items()
+        if name in own and own[name].shape == value.shape
+    }
+    learned = [name for name in shared if name in dict(model.named_parameters())]
+    if not learned:
+        raise TrainingError(
+            f"cannot start from {path}: its {start.model.kind!r} model shares no parameter "
+            f"with this {config.model!r} model (different n_latent?)"
+        )
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device) for k, v in shared.items()}, strict=False)
+    return sorted(shared)
+
+
 def train_model(
     source: SpectraSource | SpectralDataset,
     config: TrainConfig,
@@ -253,10 +294,13 @@ def train_model(
                 min_good_fraction=config.min_good_fraction,
             )
         )
-        flux, ivar, labels, _ = _tensors(warm, device, torch.float32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model.initialize_from_data(flux, ivar, labels if n_context else None)
+        if config.init_from is not None:
+            _initialize_from_model(model, Path(config.init_from), source, config)
+        else:
+            flux, ivar, labels, _ = _tensors(warm, device, torch.float32)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                model.initialize_from_data(flux, ivar, labels if n_context else None)
         history, best, best_epoch = [], math.inf, -1
         support_labels = warm.labels
         support = fit_support(support_labels, config.label_names)
