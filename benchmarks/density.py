@@ -160,7 +160,7 @@ def _model_options(spec: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, rest.split(";")):
         key, _, value = item.partition("=")
-        options[key] = json.loads(value)
+        options[key] = value if key == "init_from" else json.loads(value)
     return kind, options
 
 
@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models",
         default="cannon,factor_analysis:n_latent=8,factor_analysis:n_latent=16,latent_flow",
-        help="comma-separated kind[:opt=value;opt=value] specs; kind pca_maf[:n_components=64] "
-        "is baseline (c), a zuko MAF on PCA coefficients (not a package model)",
+        help="comma-separated kind[:opt=value;opt=value] specs (init_from=MODEL_DIR: staged "
+        "training from that model, whose own training time is not included); kind "
+        "pca_maf[:n_components=64] is baseline (c), a zuko MAF on PCA coefficients",
     )
     parser.add_argument("--time-limit", type=float, default=30.0, help="minutes per model")
     parser.add_argument("--epochs", type=int, default=200)
@@ -232,11 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(rows[-1]))
             continue
-        out = (args.out or work) / spec.replace(":", "_").replace(";", "_").replace("=", "")
+        name = spec.replace(":", "_").replace(";", "_").replace("=", "").replace("/", "-")
+        out = (args.out or work) / name
+        init_from = options.pop("init_from", None)  # staged training: start from that model
         config = TrainConfig(
             label_names=LABELS,
             model=kind,
             model_options=options,
+            init_from=init_from,
             epochs=args.epochs,
             time_limit=args.time_limit,
             seed=args.seed,

@@ -23,7 +23,9 @@ both. On the held-out inliers (the mock's ``outlier_kind`` is empty) it prints:
 and writes ``noise_samples.png`` (low-S/N training spectra near the point beside noise-free
 samples of both models) and ``intrinsic_scatter.png`` to ``--out``, plus ``noise.json``.
 ``--reuse DIR`` takes an already trained aware model from ``DIR/<spec>`` (as written by
-``benchmarks/density.py --out DIR``).
+``benchmarks/density.py --out DIR``) and a naive one from ``DIR/<spec>_naive`` when present.
+``--label-errors`` adds a third variant: the aware model fine-tuned for
+``--fine-tune-epochs`` with each star's label errors marginalised (``TrainConfig.label_errors``).
 """
 
 from __future__ import annotations
@@ -79,14 +81,17 @@ def _naive(dataset: SpectralDataset) -> SpectralDataset:
     )
 
 
-def _train(dataset, spec, out, args, label_errors: bool = False) -> Path:
+def _train(
+    dataset, spec, out, args, label_errors: bool = False, init_from: Path | None = None
+) -> Path:
     kind, options = _model_options(spec)
     config = TrainConfig(
         label_errors=label_errors,
+        init_from=None if init_from is None else str(init_from),
         label_names=LABELS,
         model=kind,
         model_options=options,
-        epochs=args.epochs,
+        epochs=args.epochs if init_from is None else args.fine_tune_epochs,
         time_limit=args.time_limit,
         seed=args.seed,
     )
@@ -160,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-reference", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=10,
+        help="epochs of the label-errors model, started from the aware model",
+    )
+    parser.add_argument(
         "--label-errors",
         action="store_true",
         help="also train the aware model with the labels' own errors (<LABEL>_ERR columns)",
@@ -198,10 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         aware_dir = args.reuse / name if args.reuse else None
         if aware_dir is None or not (aware_dir / "model.pt").exists():
             aware_dir = _train(train, spec, work / name, args)
-        naive_dir = _train(_naive(train), spec, work / f"{name}_naive", args)
+        naive_dir = args.reuse / f"{name}_naive" if args.reuse else None
+        if naive_dir is None or not (naive_dir / "model.pt").exists():
+            naive_dir = _train(_naive(train), spec, work / f"{name}_naive", args)
         variants = [("aware", aware_dir), ("naive", naive_dir)]
         if args.label_errors:
-            labels_dir = _train(train, spec, work / f"{name}_label_errors", args, True)
+            # label errors add no parameters: fine-tune the aware model with them
+            labels_dir = _train(
+                train, spec, work / f"{name}_label_errors", args, True, init_from=aware_dir
+            )
             variants.insert(1, ("aware+label errors", labels_dir))
         for variant, path in variants:
             trained = load_model(path)
