@@ -11,12 +11,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stellarflow.cli import data_commands, demo_command, model_commands
+from stellarflow.cli import data_commands, demo_command, model_commands, outliers_command
 from stellarflow.errors import StellarflowError
 
 __all__ = ["build_parser", "main", "run"]
 
-_COMMAND_MODULES = (data_commands, model_commands, demo_command)
+_COMMAND_MODULES = (data_commands, model_commands, outliers_command, demo_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,176 @@
+"""``stellarflow outliers``: rank stars by calibrated improbability, explain, draw a gallery."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stellarflow.errors import DataValidationError
+
+__all__ = ["register", "run_outliers"]
+
+
+def register(commands: Any) -> None:
+    """Add ``outliers`` to the sub-command parser."""
+    parser = commands.add_parser(
+        "outliers",
+        help="rank stars by how improbable their spectrum is given their labels, and why",
+        description="Streams the survey in chunks and writes OUT_DIR/outliers.ecsv (ranked: "
+        "calibrated tail probability p_tail, '1 in N', per-element evidence, flags), "
+        "OUT_DIR/score_distribution.png, OUT_DIR/gallery/NN_<star_id>.png for the top K "
+        "and OUT_DIR/index.html showing them.",
+    )
+    parser.add_argument("model", type=Path, help="model directory")
+    parser.add_argument("survey", type=Path, help="survey file (.h5)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--top", type=int, default=12, help="outliers in the gallery (12)")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="label table (FITS, CSV, ECSV, Parquet) with star_id and the model's labels, "
+        "used instead of the survey's labels",
+    )
+    parser.add_argument(
+        "--linelist",
+        type=Path,
+        default=None,
+        help="line list (VALD or table) for the per-element evidence (default: the "
+        "survey's own 'linelist' table)",
+    )
+    parser.add_argument(
+        "--expectation",
+        choices=("labels", "latent_fit"),
+        default="labels",
+        help="element evidence against stars with the same labels (default) or given the "
+        "star's own latent fit",
+    )
+    parser.add_argument(
+        "--recalibrate",
+        choices=("none", "neighbours"),
+        default="none",
+        help="p_tail under the model (default) or recalibrated among survey stars with "
+        "similar labels and S/N",
+    )
+    parser.add_argument("--n-reference", type=int, default=32, help="reference draws (flows)")
+    parser.add_argument("--chunk-size", type=int, default=256, help="stars per chunk")
+    parser.add_argument(
+        "--min-good-fraction", type=float, default=0.2, help="flag stars with fewer good pixels"
+    )
+    parser.add_argument("--resolution", type=float, default=22_500.0, help="resolving power R")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    parser.set_defaults(handler=run_outliers)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    from stellarflow.io.atomic import check_writable
+
+    check_writable(out, overwrite)
+    if out.exists() and not out.is_dir():
+        raise DataValidationError(f"{out} exists and is not a folder; choose another --out")
+
+
+@contextlib.contextmanager
+def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; it replaces ``out`` only on a clean exit."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        yield tmp
+        if out.exists():
+            _check_out(out, overwrite)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _file_name(rank: int, star_id: str, width: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", star_id).strip("._") or "star"
+    return f"{rank:0{width}d}_{safe}.png"
+
+
+def run_outliers(args: argparse.Namespace) -> int:
+    """``stellarflow outliers``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stellarflow.analysis.outliers import explain_stars, find_outliers
+    from stellarflow.io.arrays import read_label_table
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.io.linelist import read_linelist
+    from stellarflow.plot.outliers import (
+        format_one_in,
+        gallery_html,
+        plot_outlier_spectrum,
+        plot_score_distribution,
+    )
+    from stellarflow.train.checkpoint import load_model
+
+    if args.top < 0 or args.chunk_size < 1 or args.n_reference < 2:
+        raise DataValidationError(
+            f"need --top >= 0, --chunk-size >= 1 and --n-reference >= 2; got {args.top}, "
+            f"{args.chunk_size}, {args.n_reference}"
+        )
+    _check_out(args.out, args.overwrite)
+    trained = load_model(args.model)
+    labels = read_label_table(args.labels) if args.labels is not None else None
+    linelist = read_linelist(args.linelist) if args.linelist is not None else None
+    options = {
+        "linelist": linelist,
+        "labels": labels,
+        "expectation": args.expectation,
+        "resolution": args.resolution,
+        "seed": args.seed,
+    }
+    with open_survey(args.survey) as survey:
+        table = find_outliers(
+            trained,
+            survey,
+            n_reference=args.n_reference,
+            chunk_size=args.chunk_size,
+            min_good_fraction=args.min_good_fraction,
+            recalibrate=args.recalibrate,
+            progress=not args.quiet,
+            **options,
+        )
+        top = table[table["flag"] == ""][: args.top]
+        explained = explain_stars(trained, survey, list(top["star_id"]), **options)
+    width = max(2, len(str(len(top))))
+    with _atomic_directory(args.out, args.overwrite) as folder:
+        table.write(folder / "outliers.ecsv", format="ascii.ecsv")
+        figure = plot_score_distribution(table, top_k=len(top))
+        figure.savefig(folder / "score_distribution.png", dpi=110)
+        plt.close(figure)
+        (folder / "gallery").mkdir()
+        images = []
+        for row, explanation in zip(top, explained, strict=True):
+            name = _file_name(int(row["rank"]), str(row["star_id"]), width)
+            title = (
+                f"#{row['rank']} {row['star_id']}: 1 in {format_one_in(row['log_p_tail'])} "
+                f"(z = {row['z']:.1f}); {row['element_summary'] or 'no line list'}"
+            )
+            figure = plot_outlier_spectrum(explanation, row["top_element"] or None, title)
+            figure.savefig(folder / "gallery" / name, dpi=100)
+            plt.close(figure)
+            images.append(f"gallery/{name}")
+        (folder / "index.html").write_text(gallery_html(table, images), encoding="utf-8")
+    counts = table.meta["flag_counts"]
+    print(
+        f"ranked {counts['ranked']} of {len(table)} stars ({len(table) - counts['ranked']} "
+        f"flagged); top {len(top)} in {args.out / 'index.html'}"
+    )
+    return 0
