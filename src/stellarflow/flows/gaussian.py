@@ -235,12 +235,14 @@ class FactorAnalysisConfig:
     n_latent: int = 8
     label_dependent_loading: bool = False
     var_floor: float = 1e-6
+    mean_hidden: int = 0
 
     def __post_init__(self) -> None:
         check_positive("n_pixels", self.n_pixels)
         check_positive("n_context", self.n_context, allow_zero=True)
         check_positive("n_latent", self.n_latent)
         check_positive("var_floor", self.var_floor, allow_zero=True)
+        check_positive("mean_hidden", self.mean_hidden, allow_zero=True)
         if self.n_latent > self.n_pixels:
             raise FlowInputError(
                 f"n_latent ({self.n_latent}) must not exceed n_pixels ({self.n_pixels})"
@@ -447,6 +449,9 @@ class FactorAnalysisModel(LinearGaussianModel):
         n_latent: k.
         label_dependent_loading: use :math:`W(l) = W_0 + \sum_j l_j W_j`.
         var_floor: :math:`\tau_{min}^2`, standardised units.
+        mean_hidden: width of an MLP residual on the quadratic mean (0: none). A mean that
+            is too rigid for the labels' effect pushes the misfit into W z, which then
+            reads as scatter at fixed labels (docs/design.md, noise-aware likelihood).
     """
 
     kind = "factor_analysis"
@@ -458,9 +463,10 @@ class FactorAnalysisModel(LinearGaussianModel):
         n_latent: int = 8,
         label_dependent_loading: bool = False,
         var_floor: float = 1e-6,
+        mean_hidden: int = 0,
     ) -> None:
         super().__init__(n_pixels, n_context)
         self.options = FactorAnalysisConfig(
-            n_pixels, n_context, n_latent, label_dependent_loading, var_floor
+            n_pixels, n_context, n_latent, label_dependent_loading, var_floor, mean_hidden
         )
-        self._build_linear(n_latent, label_dependent_loading)
+        self._build_linear(n_latent, label_dependent_loading, mean_hidden)
