@@ -110,6 +110,16 @@ def _intrinsic_std(model, point: dict[str, float]) -> np.ndarray:
     return (var + factors.intrinsic_var.double()).sqrt().numpy()
 
 
+def _scatter_ratio(ratio: np.ndarray) -> dict[str, float]:
+    """Summary of model / known intrinsic scatter over the signal pixels."""
+    return {
+        "scatter_ratio_median": float(np.median(ratio)),
+        "scatter_ratio_p10": float(np.percentile(ratio, 10)),
+        "scatter_ratio_p90": float(np.percentile(ratio, 90)),
+        "scatter_ratio_in_0.8_1.25": float(np.mean((ratio >= 0.8) & (ratio <= 1.25))),
+    }
+
+
 def _noise_free_samples(model, point: dict[str, float], n: int) -> np.ndarray:
     context = torch.tensor([[point[name] for name in LABELS]] * n, dtype=torch.float32)
     generator = torch.Generator().manual_seed(7)
@@ -165,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-reference", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--extra-models",
+        default="",
+        help="comma-separated trained model directories to evaluate beside them (aware)",
+    )
+    parser.add_argument(
         "--fine-tune-epochs",
         type=int,
         default=10,
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     samples = {}
-    for spec in args.models.split(","):
+    for spec in filter(None, args.models.split(",")):
         name = _dir_name(spec)
         aware_dir = args.reuse / name if args.reuse else None
         if aware_dir is None or not (aware_dir / "model.pt").exists():
@@ -224,18 +239,19 @@ def main(argv: list[str] | None = None) -> int:
             trained.model.eval()
             row = _evaluate(trained, test, truth, inlier, variant == "naive", args.n_reference)
             std = _intrinsic_std(trained.model, point)
-            ratio = std[signal] / known_std[signal]
-            row.update(
-                {
-                    "scatter_ratio_median": float(np.median(ratio)),
-                    "scatter_ratio_p10": float(np.percentile(ratio, 10)),
-                    "scatter_ratio_p90": float(np.percentile(ratio, 90)),
-                    "scatter_ratio_in_0.8_1.25": float(np.mean((ratio >= 0.8) & (ratio <= 1.25))),
-                }
-            )
+            row.update(_scatter_ratio(std[signal] / known_std[signal]))
             results[f"{spec} {variant}"] = row
             samples[f"{spec} {variant}"] = (_noise_free_samples(trained.model, point, 20), std)
             print(json.dumps({"model": f"{spec} {variant}", **row}))
+
+    for path in filter(None, args.extra_models.split(",")):
+        trained = load_model(path)
+        trained.model.eval()
+        row = _evaluate(trained, test, truth, inlier, False, args.n_reference)
+        std = _intrinsic_std(trained.model, point)
+        row.update(_scatter_ratio(std[signal] / known_std[signal]))
+        results[Path(path).name] = row
+        print(json.dumps({"model": path, **row}))
 
     print()
     header = (
