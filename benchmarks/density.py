@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _specs import directory_name, model_options
 
 from stellarflow.analysis.score import score_survey
 from stellarflow.io.hdf5 import open_survey
@@ -154,16 +155,6 @@ def pca_maf_baseline(train, test, n_components: int, time_limit: float, seed: in
     }
 
 
-def _model_options(spec: str) -> tuple[str, dict]:
-    """``"factor_analysis:n_latent=16"`` -> ("factor_analysis", {"n_latent": 16})."""
-    kind, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, rest.split(";")):
-        key, _, value = item.partition("=")
-        options[key] = value if key == "init_from" else json.loads(value)
-    return kind, options
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=20_000)
@@ -211,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     n_good = (~test.mask).sum(1).astype(np.float64)
     for spec in args.models.split(","):
-        kind, options = _model_options(spec)
+        kind, options = model_options(spec)
         if kind == "pca_maf":
             result = pca_maf_baseline(
                 train, test, options.get("n_components", 64), args.time_limit, args.seed
@@ -233,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(rows[-1]))
             continue
-        name = spec.replace(":", "_").replace(";", "_").replace("=", "").replace("/", "-")
-        out = (args.out or work) / name
+        out = (args.out or work) / directory_name(spec)
         init_from = options.pop("init_from", None)  # staged training: start from that model
         config = TrainConfig(
             label_names=LABELS,

@@ -42,6 +42,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from _specs import directory_name, model_options
 from scipy import stats
 
 from stellarflow.analysis.calibrate import calibrate_log_prob
@@ -60,19 +61,6 @@ LOW_SNR = 60.0
 SIGNAL = 0.003  # pixels whose known intrinsic scatter is at least this (flux units)
 
 
-def _model_options(spec: str) -> tuple[str, dict]:
-    kind, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, rest.split(";")):
-        key, _, value = item.partition("=")
-        options[key] = json.loads(value)
-    return kind, options
-
-
-def _dir_name(spec: str) -> str:
-    return spec.replace(":", "_").replace(";", "_").replace("=", "")
-
-
 def _naive(dataset: SpectralDataset) -> SpectralDataset:
     """The same spectra with every observed pixel's noise declared negligible."""
     ivar = np.where(dataset.mask, 0.0, NAIVE_IVAR).astype(dataset.ivar.dtype)
@@ -84,10 +72,11 @@ def _naive(dataset: SpectralDataset) -> SpectralDataset:
 def _train(
     dataset, spec, out, args, label_errors: bool = False, init_from: Path | None = None
 ) -> Path:
-    kind, options = _model_options(spec)
+    kind, options = model_options(spec)
+    staged = options.pop("init_from", None)  # a spec may name its own start model
     config = TrainConfig(
         label_errors=label_errors,
-        init_from=None if init_from is None else str(init_from),
+        init_from=str(init_from) if init_from is not None else staged,
         label_names=LABELS,
         model=kind,
         model_options=options,
@@ -220,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     samples = {}
     for spec in filter(None, args.models.split(",")):
-        name = _dir_name(spec)
+        name = directory_name(spec)
         aware_dir = args.reuse / name if args.reuse else None
         if aware_dir is None or not (aware_dir / "model.pt").exists():
             aware_dir = _train(train, spec, work / name, args)

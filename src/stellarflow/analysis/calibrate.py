@@ -138,8 +138,8 @@ def _chunk_scores(
     context_err: torch.Tensor | None,
     n_reference: int,
     generator: torch.Generator | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """log_prob, chi2, dof, spread_ratio for one chunk of stars."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """log_prob, chi2, dof, spread_ratio and the method, for one chunk of stars."""
     extra = {} if context_err is None else {"context_err": context_err}
     dist = model(context, ivar=ivar, generator=generator, **extra)
     log_prob = dist.log_prob(flux).double()
@@ -149,17 +149,20 @@ def _chunk_scores(
         at_mean = dist.log_prob(dist.mean).double()
         chi2 = 2.0 * (at_mean - log_prob)
         spread = torch.full_like(chi2, float("nan"))
+        method = METHODS[0]
     else:
         draws = dist.sample((n_reference,), generator=generator)
         reference = -2.0 * dist.log_prob(draws).double()  # (n_reference, n_stars)
         alpha = reference.mean(0) - dof
         chi2 = -2.0 * log_prob - alpha
         spread = reference.var(0) / (2.0 * dof.clamp(min=1))
+        method = METHODS[1]
     return (
         log_prob.cpu().numpy(),
         chi2.cpu().numpy(),
         dof.cpu().numpy(),
         spread.cpu().numpy(),
+        method,
     )
 
 
@@ -224,9 +227,10 @@ def calibrate_log_prob(
                 generator,
             )
         )
-    log_prob, chi2, dof, spread = (np.concatenate(p) for p in zip(*parts, strict=True))
+    columns = list(zip(*parts, strict=True))
+    log_prob, chi2, dof, spread = (np.concatenate(c) for c in columns[:4])
     log_p_tail, z = tail_from_chi2(chi2, dof)
-    exact = bool(np.all(np.isnan(spread)))
+    exact = columns[4][0] == METHODS[0]  # one model: the same method for every chunk
     return CalibratedScores(
         log_prob=log_prob,
         chi2=chi2,

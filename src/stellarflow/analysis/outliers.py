@@ -75,6 +75,7 @@ from stellarflow.analysis.explain import (
     unexplained_features,
     whitened_residual,
 )
+from stellarflow.analysis.score import chunk_flags, scorable_rows
 from stellarflow.data.dataset import ID_COLUMN, SpectralDataset, label_array
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import DataValidationError, LabelError
@@ -342,10 +343,9 @@ def _chunk_columns(
     """Every per-star column of one chunk (survey order)."""
     model = trained.model
     n = chunk.n_stars
-    ratio = trained.support.distance(labels)
-    supported = ratio <= trained.support.threshold
-    enough = chunk.good_fraction >= settings.min_good_fraction
-    rows = np.flatnonzero(enough & np.all(np.isfinite(labels), axis=1))
+    flags = chunk_flags(trained, chunk, labels, settings.min_good_fraction)
+    supported, enough = flags["supported"], flags["enough_pixels"]
+    rows = scorable_rows(flags)
     cols: dict[str, np.ndarray] = {
         name: np.full(n, np.nan) for name in ("log_prob", "chi2", "log_p_tail", "z")
     }
@@ -403,8 +403,8 @@ def _chunk_columns(
         **cols,
         "labels": labels,
         "supported": supported,
-        "support_ratio": ratio,
-        "n_good_pixels": (~chunk.mask).sum(axis=1),
+        "support_ratio": flags["support_ratio"],
+        "n_good_pixels": flags["n_good_pixels"],
         "snr": chunk.snr(),
         "flag": _flag(enough, supported, ok),
         "top_element": np.where(blank, "", summary.top_element).astype(str),

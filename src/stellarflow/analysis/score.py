@@ -17,7 +17,32 @@ from stellarflow.data.summary import SpectraSource
 from stellarflow.train.batches import check_label_errors
 from stellarflow.train.checkpoint import TrainedModel, check_compatible, log_prob_is_exact
 
-__all__ = ["score_chunk", "score_survey"]
+__all__ = ["chunk_flags", "scorable_rows", "score_chunk", "score_survey"]
+
+
+def chunk_flags(
+    trained: TrainedModel, chunk: SpectralDataset, labels: np.ndarray, min_good_fraction: float
+) -> dict[str, np.ndarray]:
+    """Per-star flags shared by scoring and outlier ranking (each `(n_stars,)`).
+
+    Returns:
+        ``support_ratio`` (local-outlier ratio of the labels), ``supported`` (ratio within
+        the training support's threshold), ``n_good_pixels``, ``enough_pixels`` (good
+        fraction >= ``min_good_fraction``), ``finite_labels``.
+    """
+    support_ratio = trained.support.distance(labels)
+    return {
+        "support_ratio": support_ratio,
+        "supported": support_ratio <= trained.support.threshold,
+        "n_good_pixels": (~chunk.mask).sum(axis=1),
+        "enough_pixels": chunk.good_fraction >= min_good_fraction,
+        "finite_labels": np.all(np.isfinite(labels), axis=1),
+    }
+
+
+def scorable_rows(flags: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows with finite labels and enough good pixels (unsupported labels are still scored)."""
+    return np.flatnonzero(flags["finite_labels"] & flags["enough_pixels"])
 
 
 @torch.no_grad()
@@ -43,13 +68,10 @@ def score_chunk(
     model = trained.model
     device = next(model.parameters()).device
     labels = chunk.label_array(trained.label_names)
-    support_ratio = trained.support.distance(labels)
-    supported = support_ratio <= trained.support.threshold
-    finite = np.all(np.isfinite(labels), axis=1)
-    n_good = (~chunk.mask).sum(axis=1)
-    enough = chunk.good_fraction >= min_good_fraction
+    flags = chunk_flags(trained, chunk, labels, min_good_fraction)
+    n_good, enough = flags["n_good_pixels"], flags["enough_pixels"]
     log_prob = np.full(chunk.n_stars, np.nan)
-    rows = np.flatnonzero(finite & enough)
+    rows = scorable_rows(flags)
     if rows.size:
         flux = torch.as_tensor(chunk.flux[rows], device=device)
         ivar = torch.as_tensor(chunk.ivar[rows], device=device)
@@ -69,8 +91,8 @@ def score_chunk(
         "log_prob": log_prob,
         "log_prob_per_pixel": log_prob / np.maximum(n_good, 1),
         "n_good_pixels": n_good,
-        "supported": supported,
-        "support_ratio": support_ratio,
+        "supported": flags["supported"],
+        "support_ratio": flags["support_ratio"],
         "enough_pixels": enough,
     }
 
