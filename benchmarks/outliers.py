@@ -55,7 +55,7 @@ from stellarflow.analysis.outliers import (
 )
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
-from stellarflow.mock.outliers import OUTLIER_SHIFTS
+from stellarflow.mock.outliers import dominant_elements
 from stellarflow.train.checkpoint import load_model
 from stellarflow.train.config import TrainConfig
 from stellarflow.train.loop import train_model
@@ -78,19 +78,6 @@ def top_k(score: np.ndarray, k: int) -> np.ndarray:
     chosen = np.zeros(score.size, dtype=bool)
     chosen[np.argsort(-score, kind="stable")[:k]] = True
     return chosen
-
-
-def injected_elements(kind: str, amplitude: float, available: set[str]) -> tuple[set, dict]:
-    """The elements whose shift is >= 2/3 of the largest among those with lines (docstring)."""
-    shifts = {
-        el: lo + amplitude * (hi - lo)
-        for el, (lo, hi) in OUTLIER_SHIFTS[kind].items()
-        if el in available
-    }
-    if not shifts:
-        return set(), {}
-    largest = max(abs(v) for v in shifts.values())
-    return {el for el, v in shifts.items() if abs(v) >= 2 / 3 * largest - 1e-12}, shifts
 
 
 def pca_scores(train, test, n_components: int, n_fit: int = 5000) -> dict[str, np.ndarray]:
@@ -153,7 +140,7 @@ def attribution(
     hits = right_way = 0
     for star_id, element, direction in rows:
         kind, amplitude = truth[star_id]
-        expected, shifts = injected_elements(kind, amplitude, available)
+        expected, shifts = dominant_elements(kind, amplitude, available)
         if lenient:
             expected = {el for el, v in shifts.items() if abs(v) >= 0.1}
         if element in expected:

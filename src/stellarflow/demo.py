@@ -56,6 +56,7 @@ DEMO_LABELS: tuple[str, ...] = ("TEFF", "LOGG", "FE_H")
 # The label point of the samples figure when the model supports it (else the median labels).
 _REFERENCE_POINT = {"TEFF": 4750.0, "LOGG": 2.5, "FE_H": 0.0}
 _N_SAMPLES = 1000
+_N_GALLERY = 12  # outliers drawn in the gallery
 # Surveys smaller than this are loaded whole for training (as `stellarflow train` does).
 _IN_MEMORY_BYTES = 4 << 30
 
@@ -70,6 +71,7 @@ class DemoConfig:
         n_stars: override the size's number of stars (tests use tiny runs).
         n_pixels: override the size's number of pixels.
         epochs: override the size's maximum number of training epochs.
+        outlier_fraction: override the mock's fraction of injected outliers.
     """
 
     size: str = "small"
@@ -77,6 +79,7 @@ class DemoConfig:
     n_stars: int | None = None
     n_pixels: int | None = None
     epochs: int | None = None
+    outlier_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.size not in DEMO_SIZES:
@@ -92,6 +95,8 @@ class DemoConfig:
             options["n_stars"] = self.n_stars
         if self.n_pixels is not None:
             options["n_pixels"] = self.n_pixels
+        if self.outlier_fraction is not None:
+            options["outlier_fraction"] = self.outlier_fraction
         return {k: v for k, v in options.items() if v is not None} | {"seed": self.seed}
 
     @property
@@ -152,6 +157,7 @@ def run_demo(
     *,
     progress: bool = True,
     report: Callable[[str], None] = lambda message: None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the demo in ``out``; returns the stage record.
 
@@ -160,6 +166,7 @@ def run_demo(
         config: demo settings.
         progress: show progress bars.
         report: called with one line per stage (the CLI prints them).
+        command: the command line that started the run (the report shows it).
 
     Returns:
         The content of ``stages.json``: ``{"config": ..., "stages": {name: record}}``, each
@@ -170,8 +177,11 @@ def run_demo(
     state = _load_state(out, config)
     stages: dict[str, Any] = state["stages"]
     run = _Run(out, config, progress, report)
+    if command is not None:
+        state["command"] = command
     for name, stage, outputs in _STAGES:
-        if name in stages and all((out / output).exists() for output in outputs):
+        done = name in stages and all((out / output).exists() for output in outputs)
+        if done and name != "report":  # the report always shows the latest state
             report(f"[{name}] already done: {', '.join(outputs)}")
             continue
         started = time.monotonic()
@@ -378,6 +388,57 @@ def _label_point(trained: TrainedModel, labels: Any) -> dict[str, float]:
     }
 
 
+def _run_command(run: _Run, argv: list[str]) -> str:
+    """Run one ``stellarflow`` command in-process, as a user would type it; its text.
+
+    The demo calls the documented commands rather than their library functions so that its
+    outputs, and the command lines the report shows, are exactly those of the interface.
+    """
+    import shlex
+
+    from stellarflow.cli.main import build_parser
+
+    args = build_parser().parse_args((["-q"] if not run.progress else []) + argv)
+    args.handler(args)
+    shown = [str(Path(a).relative_to(run.out)) if a.startswith(str(run.out)) else a for a in argv]
+    return shlex.join(["stellarflow", *shown])
+
+
+def _outliers_stage(run: _Run) -> dict[str, Any]:
+    from astropy.table import Table
+
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.report.answer_key import outlier_recovery
+
+    run.report("[outliers] calibrated '1 in N' of every star, explained -> outliers/")
+    out = run.out / "outliers"
+    command = _run_command(run, ["outliers", str(run.model_dir), str(run.survey_path),
+                                 "--out", str(out), "--top", str(_N_GALLERY),
+                                 "--overwrite"])  # fmt: skip
+    table = Table.read(out / "outliers.ecsv", format="ascii.ecsv")
+    record: dict[str, Any] = {"command": command, "outliers": "outliers/outliers.ecsv",
+                              "ranked": int(table.meta["flag_counts"]["ranked"])}  # fmt: skip
+    with open_survey(run.survey_path) as survey:
+        truth = survey.read_table("truth/labels")
+    summary, _ = outlier_recovery(table, truth)
+    record["answer_key"] = {k: (round(v, 4) if isinstance(v, float) else v)
+                            for k, v in summary.items()}  # fmt: skip
+    run.report(
+        f"[outliers] {summary['caught']} of {summary['k']} injected outliers in the top "
+        f"{summary['k']} (AUC {summary['auc']:.3f}); the top element is right for "
+        f"{100 * summary['attribution']:.0f} % of them"
+    )
+    return record
+
+
+def _report_stage(run: _Run) -> dict[str, Any]:
+    from stellarflow.report import build_report
+
+    path = build_report(run.out)
+    run.report(f"[report] {path}")
+    return {"report": path.name}
+
+
 def _samples_stage(run: _Run) -> dict[str, Any]:
     from stellarflow.analysis.sampling import sample_spectra, stars_near
     from stellarflow.data.dataset import concatenate
@@ -415,4 +476,6 @@ _STAGES: tuple[tuple[str, Callable[[_Run], dict[str, Any]], tuple[str, ...]], ..
     ("train", _train_stage, ("model/model.pt",)),
     ("score", _score_stage, ("scores.ecsv",)),
     ("samples", _samples_stage, ("samples_vs_data.png",)),
+    ("outliers", _outliers_stage, ("outliers/outliers.ecsv",)),
+    ("report", _report_stage, ("report.html",)),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -55,8 +56,9 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
 
     run = tmp_path / "run"
     # 400 stars: the 90 % training split must hold a whole batch of 256 stars
+    # 5 % injected outliers (~20): enough for the answer key to tell ranking from chance
     argv = ["-q", "demo", "--out", str(run), "--n-stars", "400", "--n-pixels", "256",
-            "--epochs", "2"]  # fmt: skip
+            "--epochs", "2", "--outlier-fraction", "0.05"]  # fmt: skip
 
     # Ctrl-C during the second epoch: the first one is checkpointed, the stage not recorded
     calls = []
@@ -94,7 +96,8 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
 
     record = json.loads((run / "stages.json").read_text())
     stages = record["stages"]
-    assert list(stages) == ["mock", "summary", "figures", "train", "score", "samples"]
+    assert list(stages) == ["mock", "summary", "figures", "train", "score", "samples",
+                            "outliers", "report"]  # fmt: skip
     assert record["config"]["epochs"] == 2
     assert stages["train"]["epochs"] == 2 and stages["train"]["stopped"] == "epochs"
     assert stages["train"]["best_validation_nats_per_pixel"] == pytest.approx(
@@ -130,6 +133,24 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
     assert stages["samples"]["point"] == {"TEFF": 4750.0, "LOGG": 2.5, "FE_H": 0.0}
     assert stages["samples"]["n_stars_near"] >= 20
 
+    # outliers: the answer key is partly recovered even after two epochs (chance would put
+    # k^2/n ~ 2 injected stars in the top k and give AUC 0.5)
+    key = stages["outliers"]["answer_key"]
+    assert key["n_injected"] == int(np.sum(np.asarray(truth["outlier_kind"]) != ""))
+    assert key["caught"] >= 5 and key["auc"] > 0.6
+    assert stages["outliers"]["command"].startswith("stellarflow outliers model survey.h5")
+    ranked = Table.read(run / "outliers" / "outliers.ecsv")
+    assert len(ranked) == 400 and list(ranked["rank"]) == list(range(1, 401))
+    assert len(list((run / "outliers" / "gallery").glob("*.png"))) == 12
+
+    # the report shows every stage, the demo's command line and the answer key
+    page = (run / "report.html").read_text()
+    for anchor in ("overview", "survey", "model", "scores", "outliers"):
+        assert f'<section id="{anchor}">' in page
+    assert "stellarflow -q demo --out" in page and "Answer key: injected outliers" in page
+    for source in re.findall(r'<img src="([^"]+)"', page):
+        assert (run / source).is_file()
+
     # a finished run is skipped stage by stage, without touching any output
     before = {name: (run / name).stat().st_mtime_ns
               for name in ("survey.h5", "model/model.pt", "scores.ecsv")}  # fmt: skip
@@ -137,7 +158,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
     assert main(argv) == 0
     assert time.monotonic() - started < 5.0
     out = capsys.readouterr().out
-    assert out.count("already done") == 6
+    assert out.count("already done") == 7 and "[report] done" in out
     assert {name: (run / name).stat().st_mtime_ns for name in before} == before
     # the same folder with other settings is refused, not silently mixed
     assert main(["-q", "demo", "--out", str(run), "--n-stars", "300", "--n-pixels", "256"]) == 1
@@ -148,16 +169,21 @@ def test_demo_accepts_a_run_started_before_new_settings(tmp_path, capsys) -> Non
     """A stages.json written before ``epochs`` existed still matches the default settings."""
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
+    (run / "outliers").mkdir()
     outputs = ("survey.h5", "summary.txt", "mock_spectra.png", "mock_population.png",
-               "model/model.pt", "scores.ecsv", "samples_vs_data.png")  # fmt: skip
+               "model/model.pt", "scores.ecsv", "samples_vs_data.png",
+               "outliers/outliers.ecsv")  # fmt: skip
     for name in outputs:
         (run / name).write_bytes(b"x")
     stages = {name: {"seconds": 1.0} for name in
-              ("mock", "summary", "figures", "train", "score", "samples")}  # fmt: skip
+              ("mock", "summary", "figures", "train", "score", "samples", "outliers")}  # fmt: skip
     old = {"size": "small", "seed": 0, "n_stars": 200, "n_pixels": 256}
     (run / "stages.json").write_text(json.dumps({"config": old, "stages": stages}))
     argv = ["-q", "demo", "--out", str(run), "--n-stars", "200", "--n-pixels", "256"]
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("already done") == 6
+    out = capsys.readouterr().out
+    assert out.count("already done") == 7
+    # the report is always rebuilt; a stage whose files do not read is reported as such
+    assert "could not read this stage" in (run / "report.html").read_text()
     assert main([*argv, "--epochs", "3"]) == 1
     assert "holds a demo run with settings" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def register(commands: Any) -> None:
     demo.add_argument("--n-stars", type=int, default=None, help=argparse.SUPPRESS)
     demo.add_argument("--n-pixels", type=int, default=None, help=argparse.SUPPRESS)
     demo.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
+    demo.add_argument("--outlier-fraction", type=float, default=None, help=argparse.SUPPRESS)
     demo.set_defaults(handler=run)
 
 
@@ -48,9 +50,12 @@ def run(args: argparse.Namespace) -> int:
             n_stars=args.n_stars,
             n_pixels=args.n_pixels,
             epochs=args.epochs,
+            outlier_fraction=args.outlier_fraction,
         )
     except ValueError as err:
         raise DataValidationError(f"invalid demo settings: {err}") from None
-    run_demo(args.out, config, progress=not args.quiet, report=print)
+    argv = getattr(args, "argv", None)
+    command = shlex.join(["stellarflow", *argv]) if argv else None
+    run_demo(args.out, config, progress=not args.quiet, report=print, command=command)
     print(f"demo outputs in {args.out}/")
     return 0

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from stellarflow.cli import data_commands, demo_command, model_commands, outliers_command
+from stellarflow.cli import (
+    data_commands,
+    demo_command,
+    model_commands,
+    outliers_command,
+    report_command,
+)
 from stellarflow.errors import StellarflowError
 
 __all__ = ["build_parser", "main", "run"]
 
-_COMMAND_MODULES = (data_commands, model_commands, outliers_command, demo_command)
+_COMMAND_MODULES = (data_commands, model_commands, outliers_command, demo_command, report_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    started = time.time()
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return int(args.handler(args) or 0)
+        status = int(args.handler(args) or 0)
+        if status == 0:
+            _record_command(args, args.argv, started)
+        return status
     except KeyboardInterrupt:
         print("stellarflow: interrupted", file=sys.stderr)
         return 130
@@ -61,6 +76,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"stellarflow {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _record_command(args: argparse.Namespace, argv: list[str], started: float) -> None:
+    """Write ``command.json`` (command line, version, time) into a command's output folder.
+
+    ``stellarflow report`` lists these records, so a run directory assembled from separate
+    commands says how each part was made. Only process 0 of a distributed run writes.
+    """
+    from stellarflow import __version__
+    from stellarflow.train.checkpoint import write_json
+
+    out = getattr(args, "out", None)
+    if not isinstance(out, Path) or not out.is_dir() or os.environ.get("RANK", "0") != "0":
+        return
+    finished = time.time()
+    write_json(
+        out / "command.json",
+        {
+            "command": shlex.join(["stellarflow", *argv]),
+            "stellarflow_version": __version__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(finished)),
+            "seconds": round(finished - started, 2),
+            "working_directory": os.getcwd(),
+        },
+    )
 
 
 def run() -> None:

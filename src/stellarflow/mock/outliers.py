@@ -29,7 +29,13 @@ import numpy as np
 
 from stellarflow.mock.constants import ABUNDANCE_ELEMENTS
 
-__all__ = ["OUTLIER_KINDS", "OUTLIER_SHIFTS", "apply_outlier_shifts", "draw_outlier_kinds"]
+__all__ = [
+    "OUTLIER_KINDS",
+    "OUTLIER_SHIFTS",
+    "apply_outlier_shifts",
+    "dominant_elements",
+    "draw_outlier_kinds",
+]
 
 _ALPHA = ("O", "Mg", "Si", "S", "Ca", "Ti")
 
@@ -101,3 +107,31 @@ def apply_outlier_shifts(x_fe: np.ndarray, kind: np.ndarray, amplitude: np.ndarr
             col = ABUNDANCE_ELEMENTS.index(element)
             out[rows, col] += lo + amplitude[rows] * (hi - lo)
     return out
+
+
+def dominant_elements(
+    kind: str, amplitude: float, available: set[str] | None = None
+) -> tuple[set[str], dict[str, float]]:
+    """The elements an outlier of ``kind`` mostly shows: the answer key of attribution.
+
+    Each shift is ``lo + amplitude (hi - lo)`` dex (:data:`OUTLIER_SHIFTS`); the dominant
+    elements are those whose ``|shift|`` is at least 2/3 of the largest among the elements
+    in ``available`` (those with lines in the spectrum; default all).
+
+    Args:
+        kind: an outlier kind of :data:`OUTLIER_KINDS`.
+        amplitude: the star's amplitude ``u`` in [0, 1].
+        available: element symbols that can show in the spectrum.
+
+    Returns:
+        ``(dominant, shifts)``: the dominant symbols and every available element's shift, dex.
+    """
+    shifts = {
+        element: lo + amplitude * (hi - lo)
+        for element, (lo, hi) in OUTLIER_SHIFTS[kind].items()
+        if available is None or element in available
+    }
+    if not shifts:
+        return set(), {}
+    largest = max(abs(value) for value in shifts.values())
+    return {el for el, value in shifts.items() if abs(value) >= 2 / 3 * largest - 1e-12}, shifts
