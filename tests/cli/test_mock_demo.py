@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -13,6 +15,7 @@ from astropy.table import Table
 from stellarflow.cli.main import main
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.train.checkpoint import load_model
+from tests.browser import ARTIFACTS, render_in_chromium
 
 
 def test_mock_command_writes_a_survey_with_truth(tmp_path, capsys) -> None:
@@ -148,8 +151,15 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
     for anchor in ("overview", "survey", "model", "scores", "outliers"):
         assert f'<section id="{anchor}">' in page
     assert "stellarflow -q demo --out" in page and "Answer key: injected outliers" in page
-    for source in re.findall(r'<img src="([^"]+)"', page):
-        assert (run / source).is_file()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 17  # 2 mock figures, curve, samples, distribution, 12 gallery
+    assert all((run / source).is_file() for source in sources)
+    if shutil.which("chromium") or os.environ.get("STELLARFLOW_REQUIRE_CHROMIUM"):
+        dom = render_in_chromium(run / "report.html", ARTIFACTS / "demo_report.png", tmp_path)
+        body = re.search(r"<body([^>]*)>", dom).group(1)
+        assert f'data-images-total="{len(sources)}"' in body
+        assert 'data-images-broken="0"' in body
+        assert 'id="stages"' in dom and 'id="outliers"' in dom
 
     # a finished run is skipped stage by stage, without touching any output
     before = {name: (run / name).stat().st_mtime_ns

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,8 +14,7 @@ from stellarflow.cli.main import main
 from stellarflow.errors import DataValidationError
 from stellarflow.report import build_report, find_run_contents
 from stellarflow.report.answer_key import line_recovery, outlier_recovery, roc_auc
-
-ARTIFACTS = Path(os.environ.get("STELLARFLOW_TEST_ARTIFACTS", "test-artifacts"))
+from tests.browser import ARTIFACTS, render_in_chromium
 
 
 def test_roc_auc_matches_pair_counting() -> None:
@@ -149,30 +145,6 @@ def test_report_command(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a folder" in err
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.environ.get("STELLARFLOW_REQUIRE_CHROMIUM"):
-        pytest.fail("STELLARFLOW_REQUIRE_CHROMIUM is set but no chromium is installed")
-    pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
-
-
-def render_in_chromium(page: Path, screenshot: Path, tmp_path: Path) -> str:
-    """The DOM of ``page`` after load in headless Chromium; saves a screenshot."""
-    browser = _chromium()
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu",
-              f"--user-data-dir={tmp_path / 'chromium-profile'}",
-              "--virtual-time-budget=10000", "--window-size=1280,4000"]  # fmt: skip
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    url = page.resolve().as_uri()
-    subprocess.run([*common, f"--screenshot={screenshot}", url], check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
-    done = subprocess.run([*common, "--dump-dom", url], check=True, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
-    return done.stdout
 
 
 def test_report_renders_in_headless_chromium(tmp_path) -> None:
