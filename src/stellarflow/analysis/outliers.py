@@ -59,6 +59,7 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,12 +76,13 @@ from stellarflow.analysis.explain import (
     unexplained_features,
     whitened_residual,
 )
-from stellarflow.analysis.score import chunk_flags, scorable_rows
+from stellarflow.analysis.score import chunk_flags, chunk_seed, map_chunks, scorable_rows
 from stellarflow.data.dataset import ID_COLUMN, SpectralDataset, label_array
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import DataValidationError, LabelError
 from stellarflow.flows.distributions import DiagonalGaussianSpectra
 from stellarflow.train.checkpoint import TrainedModel, check_compatible
+from stellarflow.train.distributed import Distributed
 
 __all__ = [
     "EXPECTATIONS",
@@ -460,6 +462,8 @@ def find_outliers(
     seed: int = 0,
     recalibrate: str = "none",
     progress: bool | Callable[[int], None] = False,
+    parts: str | Path | None = None,
+    dist: Distributed | None = None,
 ) -> Table:
     """Rank every star by the calibrated improbability of its spectrum given its labels.
 
@@ -482,6 +486,11 @@ def find_outliers(
         recalibrate: "none" (``p_tail`` under the model) or "neighbours" (empirical, among
             survey stars with similar labels and S/N: :func:`recalibrate_by_neighbours`).
         progress: show a progress bar (True) or call ``progress(n_done)`` per chunk.
+        parts: folder of per-chunk part files: makes the scoring resumable and lets the
+            processes of a ``torchrun`` job share it
+            (:func:`stellarflow.analysis.score.map_chunks`); None: in memory.
+        dist: this process's place in a ``torchrun`` job (each scores a contiguous range
+            of chunks; every process returns the whole, identical table); None: one process.
 
     Returns:
         One row per star, ranked stars first (by ``rank``), then the flagged ones in survey
@@ -508,25 +517,28 @@ def find_outliers(
         )
     reader, profiles, origin = _prepare(trained, source, linelist, labels, expectation, resolution)
     settings = _Settings(n_reference, min_good_fraction, expectation, resolution, seed)
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=source.n_stars, desc="outliers", unit="star")
-    parts: list[dict[str, np.ndarray]] = []
-    ids: list[np.ndarray] = []
-    for number, chunk in enumerate(source.iter_chunks(chunk_size)):
-        chunk_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
-        parts.append(_chunk_columns(trained, chunk, reader(chunk), profiles, settings, chunk_seed))
-        ids.append(np.asarray(chunk.star_id))
-        if bar is not None:
-            bar.update(chunk.n_stars)
-        elif callable(progress):
-            progress(chunk.n_stars)
-    if bar is not None:
-        bar.close()
-    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    table = _rank(_assemble(np.concatenate(ids), columns, trained.label_names))
+    manifest = {
+        "task": "outliers",
+        "model": str(Path(trained.path).resolve()),
+        "source": str(getattr(source, "path", "in-memory dataset")),
+        "settings": [n_reference, min_good_fraction, expectation, resolution, seed],
+        "linelist": origin,
+        "labels": "argument" if labels is not None else "survey",
+    }
+    columns = map_chunks(
+        source,
+        chunk_size,
+        lambda number, chunk: _chunk_columns(
+            trained, chunk, reader(chunk), profiles, settings, chunk_seed(seed, number)
+        ),
+        parts=parts,
+        manifest=manifest,
+        dist=dist,
+        progress=progress,
+        desc="outliers",
+    )
+    star_id = np.asarray(source.labels[ID_COLUMN]).astype(str)
+    table = _rank(_assemble(star_id, columns, trained.label_names))
     table.meta["recalibration"] = "none"
     if recalibrate == "neighbours":
         table = recalibrate_by_neighbours(table, trained.label_names)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,17 @@ def register(commands: Any) -> None:
     train.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     train.add_argument(
         "--precision",
-        choices=("float32", "tf32", "bf16"),
+        choices=("float32", "float64", "tf32", "bf16"),
         default="float32",
-        help="GPU arithmetic: float32, tf32 matmuls, or bf16 autocast",
+        help="arithmetic: float32, float64 (reference runs), or on GPU tf32 matmuls or bf16 "
+        "autocast",
+    )
+    train.add_argument(
+        "--in-memory",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="load the survey whole (yes), stream it from the file in shuffled blocks with "
+        "bounded memory (no), or load it when it is under 4 GB per process (auto)",
     )
     train.add_argument(
         "--label-errors",
@@ -79,7 +89,17 @@ def register(commands: Any) -> None:
     score.add_argument("survey", type=Path, help="survey file (.h5)")
     score.add_argument("--out", type=Path, required=True, help="output table (.ecsv)")
     score.add_argument("--chunk-size", type=int, default=2048, help="stars per chunk")
-    score.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    score.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or auto; under torchrun each process uses cuda:LOCAL_RANK",
+    )
+    score.add_argument("--seed", type=int, default=0, help="importance samples (flows)")
+    score.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing table (and discard the part files of an interrupted run)",
+    )
     score.set_defaults(handler=run_score)
 
     sample = commands.add_parser("sample", help="draw noise-free spectra at given labels")
@@ -105,6 +125,11 @@ def register(commands: Any) -> None:
     sample.set_defaults(handler=run_sample)
 
 
+def parts_folder(out: Path) -> Path:
+    """Where a sharded, resumable command keeps its per-chunk part files: ``OUT.parts``."""
+    return out.with_name(out.name + ".parts")
+
+
 def _label_names(text: str) -> tuple[str, ...]:
     return tuple(name.strip().upper() for name in text.split(",") if name.strip())
 
@@ -127,6 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``stellarflow train``."""
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.train.config import TrainConfig
+    from stellarflow.train.distributed import distributed_session
     from stellarflow.train.loop import train_model
 
     try:
@@ -147,9 +173,12 @@ def run_train(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise DataValidationError(f"invalid training settings: {err}") from None
-    with open_survey(args.survey) as survey:
+    with distributed_session(config.device) as dist, open_survey(args.survey) as survey:
         source = survey
-        if survey.n_stars * survey.n_pixels * 9 < _IN_MEMORY_BYTES:
+        # every process of a node holds its own copy when loading whole
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.active else 1
+        size = survey.n_stars * survey.n_pixels * 9 * local
+        if args.in_memory == "yes" or (args.in_memory == "auto" and size < _IN_MEMORY_BYTES):
             source = survey.load()
         result = train_model(
             source,
@@ -158,7 +187,10 @@ def run_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            dist=dist,
         )
+        if not dist.is_main:
+            return 0
     print(
         f"trained for {result.epochs_run} epochs ({result.stopped}); best validation "
         f"{result.best_validation:.5f} nats/pixel at epoch {result.best_epoch}; "
@@ -168,18 +200,42 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    """``stellarflow score``."""
+    """``stellarflow score`` (sharded over the processes of a ``torchrun`` job; resumable).
+
+    Finished chunks go to ``OUT.parts/`` beside the output; running the same command again
+    after an interruption resumes from them, and they are deleted once ``OUT`` is written.
+    """
     from stellarflow.analysis.score import score_survey
     from stellarflow.io.atomic import atomic_path, check_writable
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.train.checkpoint import load_model
+    from stellarflow.train.distributed import distributed_session, process_device
+    from stellarflow.train.loop import resolve_device
 
+    if args.chunk_size < 1:
+        raise DataValidationError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     check_writable(args.out, args.overwrite)
-    trained = load_model(args.model)
-    with open_survey(args.survey) as survey:
-        table = score_survey(trained, survey, chunk_size=args.chunk_size, progress=not args.quiet)
+    parts = parts_folder(args.out)
+    with distributed_session(args.device) as dist:
+        if dist.is_main and args.overwrite:
+            shutil.rmtree(parts, ignore_errors=True)
+        trained = load_model(args.model, resolve_device(process_device(dist, args.device)))
+        with open_survey(args.survey) as survey:
+            table = score_survey(
+                trained,
+                survey,
+                chunk_size=args.chunk_size,
+                progress=not args.quiet,
+                seed=args.seed,
+                parts=parts,
+                dist=dist,
+            )
+        dist.barrier()  # every process has read the parts
+        if not dist.is_main:
+            return 0
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
         table.write(tmp, format="ascii.ecsv")
+    shutil.rmtree(parts, ignore_errors=True)
     n_flagged = int((~table["supported"] | ~table["enough_pixels"]).sum())
     print(f"scored {len(table)} stars ({n_flagged} flagged) -> {args.out}")
     return 0

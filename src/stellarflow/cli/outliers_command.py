@@ -66,7 +66,16 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--resolution", type=float, default=22_500.0, help="resolving power R")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or auto; under torchrun each process uses cuda:LOCAL_RANK",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing folder (and discard the part files of an interrupted run)",
+    )
     parser.set_defaults(handler=run_outliers)
 
 
@@ -109,6 +118,7 @@ def run_outliers(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from stellarflow.analysis.outliers import explain_stars, find_outliers
+    from stellarflow.cli.model_commands import parts_folder
     from stellarflow.io.arrays import read_label_table
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.io.linelist import read_linelist
@@ -119,6 +129,8 @@ def run_outliers(args: argparse.Namespace) -> int:
         plot_score_distribution,
     )
     from stellarflow.train.checkpoint import load_model
+    from stellarflow.train.distributed import distributed_session, process_device
+    from stellarflow.train.loop import resolve_device
 
     if args.top < 0 or args.chunk_size < 1 or args.n_reference < 2:
         raise DataValidationError(
@@ -126,7 +138,6 @@ def run_outliers(args: argparse.Namespace) -> int:
             f"{args.chunk_size}, {args.n_reference}"
         )
     _check_out(args.out, args.overwrite)
-    trained = load_model(args.model)
     labels = read_label_table(args.labels) if args.labels is not None else None
     linelist = read_linelist(args.linelist) if args.linelist is not None else None
     options = {
@@ -136,7 +147,12 @@ def run_outliers(args: argparse.Namespace) -> int:
         "resolution": args.resolution,
         "seed": args.seed,
     }
-    with open_survey(args.survey) as survey:
+    # scoring is sharded over the processes of a torchrun job and resumable from OUT.parts/
+    parts = parts_folder(args.out)
+    with distributed_session(args.device) as dist, open_survey(args.survey) as survey:
+        if dist.is_main and args.overwrite:
+            shutil.rmtree(parts, ignore_errors=True)
+        trained = load_model(args.model, resolve_device(process_device(dist, args.device)))
         table = find_outliers(
             trained,
             survey,
@@ -145,8 +161,13 @@ def run_outliers(args: argparse.Namespace) -> int:
             min_good_fraction=args.min_good_fraction,
             recalibrate=args.recalibrate,
             progress=not args.quiet,
+            parts=parts,
+            dist=dist,
             **options,
         )
+        dist.barrier()  # every process has read the parts
+        if not dist.is_main:
+            return 0
         top = table[table["flag"] == ""][: args.top]
         explained = explain_stars(trained, survey, list(top["star_id"]), **options)
     width = max(2, len(str(len(top))))
@@ -168,6 +189,7 @@ def run_outliers(args: argparse.Namespace) -> int:
             plt.close(figure)
             images.append(f"gallery/{name}")
         (folder / "index.html").write_text(gallery_html(table, images), encoding="utf-8")
+    shutil.rmtree(parts, ignore_errors=True)
     counts = table.meta["flag_counts"]
     print(
         f"ranked {counts['ranked']} of {len(table)} stars ({len(table) - counts['ranked']} "

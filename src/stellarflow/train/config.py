@@ -12,7 +12,7 @@ from stellarflow.errors import StellarflowError
 __all__ = ["TrainConfig", "TrainingError"]
 
 _DEVICES = ("auto", "cpu", "cuda")
-_PRECISIONS = ("float32", "tf32", "bf16")
+_PRECISIONS = ("float32", "float64", "tf32", "bf16")
 
 
 class TrainingError(StellarflowError, RuntimeError):
@@ -41,7 +41,9 @@ class TrainConfig:
         time_limit: wall-clock budget in minutes (None = no limit); training stops at the
             end of the epoch that exceeds it, with a checkpoint.
         device: "auto" (CUDA when present), "cpu" or "cuda" (or "cuda:N").
-        precision: "float32"; on GPU also "tf32" (TF32 matmuls) or "bf16" (autocast).
+        precision: "float32"; "float64" (double precision everywhere: reference runs and
+            tests; the saved weights load as float32); on GPU also "tf32" (TF32 matmuls) or
+            "bf16" (autocast).
         block_size: stars per contiguous block of the split and the shuffle (out-of-core
             friendly: blocks are read whole).
         min_good_fraction: stars with a smaller fraction of usable pixels are not trained on.

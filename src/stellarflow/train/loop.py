@@ -4,7 +4,21 @@ checkpoint every epoch and exact resumption.
 
 Losses are reported in nats per (usable) pixel: ``-sum log p / sum n_good_pixels``.
 Resumption is exact at epoch boundaries: the batch order and the model's own randomness
-(importance samples) of epoch ``e`` depend only on ``(seed, e)``.
+(importance samples) of epoch ``e`` depend only on ``(seed, e)`` (and the rank).
+
+**Several processes** (``torchrun``; :mod:`stellarflow.train.distributed`). The code path is
+the same for one and N processes. Every rank draws the same global batches of
+``batch_size`` stars (same seed, same shuffled block buffers) and trains on its contiguous
+``batch_size / world_size`` slice of each; gradients are averaged over ranks with one flat
+all-reduce before clipping, so every rank takes the same optimiser step as a single process
+at the same global batch (up to floating-point reduction order). The global batch is thus the
+unit of the run, not the per-process batch: ``--batch-size`` must be divisible by the number
+of processes. A non-finite loss on any rank skips the step on all of them. Validation blocks
+are split contiguously between ranks and the loss sums are all-reduced, so every rank makes
+the same early-stopping decision; the wall-clock limit is rank 0's decision, broadcast. Only
+rank 0 writes the model directory; every rank reads ``training_state.pt`` on ``--resume``.
+The price of identical batches is that every rank reads every block of the survey (the
+page cache shares them on a node).
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from stellarflow.train.checkpoint import (
     write_json,
 )
 from stellarflow.train.config import TrainConfig, TrainingError
+from stellarflow.train.distributed import Distributed, LaunchError, process_device, shard_range
 from stellarflow.train.support import fit_support
 
 __all__ = ["TrainResult", "evaluate", "resolve_device", "train_model"]
@@ -99,25 +114,39 @@ def evaluate(
     blocks: np.ndarray,
     config: TrainConfig,
     device: torch.device,
+    dist: Distributed | None = None,
 ) -> float:
-    """Loss on the given blocks in nats per usable pixel: ``-sum log p / sum n_good``."""
+    """Loss on the given blocks in nats per usable pixel: ``-sum log p / sum n_good``.
+
+    Under several processes each rank evaluates a contiguous share of the blocks and the
+    sums are all-reduced: every rank returns the same number.
+    """
+    dist = dist or Distributed()
+    start, stop = shard_range(len(blocks), dist.rank, dist.world_size)
+    dtype = _dtype(model)
     model.eval()
     total, pixels = 0.0, 0.0
     for batch in iter_batches(
         source,
-        blocks,
+        blocks[start:stop],
         1024,
         config.label_names,
         min_good_fraction=config.min_good_fraction,
         error_names=config.error_names,
     ):
-        flux, ivar, labels, errors = _tensors(batch, device, torch.float32)
+        flux, ivar, labels, errors = _tensors(batch, device, dtype)
         context = labels if config.label_names else None
         log_prob = model.observed_log_prob(flux, ivar, context, context_err=errors)
         total -= float(log_prob.double().sum())
         pixels += float((batch.ivar > 0).sum())
     model.train()
+    total, pixels = dist.sum([total, pixels], device)
     return total / max(pixels, 1.0)
+
+
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    """The model's floating-point dtype (float64 with ``precision="float64"``)."""
+    return next(model.parameters()).dtype
 
 
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -152,7 +181,7 @@ def _training_summary(
     }
 
 
-def _prepare_directory(out: Path, resume: bool, overwrite: bool) -> None:
+def _prepare_directory(out: Path, resume: bool, overwrite: bool, create: bool = True) -> None:
     if resume:
         if not (out / "training_state.pt").is_file():
             raise TrainingError(
@@ -164,7 +193,8 @@ def _prepare_directory(out: Path, resume: bool, overwrite: bool) -> None:
             f"{out} already exists and is not empty; pass --resume to continue that run, "
             "--overwrite to start afresh, or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
 
 
 def _initialize_from_model(
@@ -216,6 +246,7 @@ def train_model(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    dist: Distributed | None = None,
 ) -> TrainResult:
     """Train a spectral model on a survey and write a model directory.
 
@@ -225,24 +256,40 @@ def train_model(
         out: model directory (created; see ``train.checkpoint`` for its files).
         resume: continue the run saved in ``out`` exactly where it stopped.
         overwrite: start afresh even if ``out`` holds files.
-        progress: show a progress bar with train / validation nats per pixel.
+        progress: show a progress bar with train / validation nats per pixel (rank 0).
+        dist: this process's place in a ``torchrun`` job
+            (:func:`stellarflow.train.distributed.init_distributed`); None: one process.
 
     Returns:
-        What the run produced; the best weights are in ``out/model.pt``.
+        What the run produced (the same on every rank); the best weights are in
+        ``out/model.pt``.
+
+    Raises:
+        LaunchError: ``batch_size`` is not divisible by the number of processes.
     """
     from stellarflow import __version__
     from stellarflow.flows import FlowInputError, build_model
 
     start_time = time.monotonic()
+    dist = dist or Distributed()
+    if config.batch_size % dist.world_size:
+        raise LaunchError(
+            f"batch_size {config.batch_size} (the global batch) is not divisible by the "
+            f"{dist.world_size} processes; choose a multiple of {dist.world_size}"
+        )
     out = Path(out)
-    _prepare_directory(out, resume, overwrite)
+    # every rank checks before anyone writes, so that all of them raise or none does
+    _prepare_directory(out, resume, overwrite, create=False)
+    dist.barrier()
+    if dist.is_main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
     label_array(source.labels, config.label_names)  # raises LabelError if a label is missing
     if config.label_errors:
         try:
             check_label_errors(source.labels, config.label_names, config.error_names)
         except LabelError as err:
             raise TrainingError(f"cannot train with label_errors: {err}") from None
-    device = resolve_device(config.device)
+    device = resolve_device(process_device(dist, config.device))
     if config.precision == "tf32" and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -264,7 +311,8 @@ def train_model(
             f"latent_flow); {config.model!r} has none. Choose one of those or train without "
             "--label-errors"
         )
-    model.to(device)
+    dtype = torch.float64 if config.precision == "float64" else torch.float32
+    model.to(device=device, dtype=dtype)
 
     if resume:
         saved_config = TrainConfig.from_dict(read_json(out / "config.json")["train"])
@@ -292,29 +340,32 @@ def train_model(
                 config.label_names,
                 rng=np.random.default_rng([config.seed, 1]),
                 min_good_fraction=config.min_good_fraction,
+                read_ahead=0,  # one batch is all it needs
             )
         )
         if config.init_from is not None:
             _initialize_from_model(model, Path(config.init_from), source, config)
         else:
-            flux, ivar, labels, _ = _tensors(warm, device, torch.float32)
+            flux, ivar, labels, _ = _tensors(warm, device, dtype)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 model.initialize_from_data(flux, ivar, labels if n_context else None)
+        # the warm start is deterministic, but make the ranks agree bit for bit
+        dist.broadcast_module(model)
         history, best, best_epoch = [], math.inf, -1
-        support_labels = warm.labels
-        support = fit_support(support_labels, config.label_names)
-        with atomic_path(out / "support.npz", overwrite=True) as tmp:
-            support.save(tmp)
-        with atomic_path(out / "wavelength.npy", overwrite=True) as tmp:
-            np.save(tmp, source.wavelength)
-        write_json(
-            out / "config.json",
-            {
-                "train": config.to_dict(),
-                "model": dict(model.config),
-            },
-        )
+        if dist.is_main:
+            support = fit_support(warm.labels, config.label_names)
+            with atomic_path(out / "support.npz", overwrite=True) as tmp:
+                support.save(tmp)
+            with atomic_path(out / "wavelength.npy", overwrite=True) as tmp:
+                np.save(tmp, source.wavelength)
+            write_json(
+                out / "config.json",
+                {
+                    "train": config.to_dict(),
+                    "model": dict(model.config),
+                },
+            )
 
     steps_per_epoch = max(
         1, int(np.sum(train_blocks[:, 1] - train_blocks[:, 0])) // config.batch_size
@@ -341,7 +392,7 @@ def train_model(
     }
 
     bar = None
-    if progress:
+    if progress and dist.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.epochs, initial=len(history), desc="train", unit="epoch")
@@ -350,11 +401,21 @@ def train_model(
     for epoch in range(len(history), config.epochs):
         epoch_start = time.monotonic()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(config.seed * 100_003 + epoch)
+            # each rank draws its own importance samples; rank 0's are a single process's
+            torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * dist.rank)
             train_loss, skipped = _run_epoch(
-                model, optimizer, scheduler, source, train_blocks, config, device, epoch, autocast
+                model,
+                optimizer,
+                scheduler,
+                source,
+                train_blocks,
+                config,
+                device,
+                epoch,
+                autocast,
+                dist,
             )
-        validation = evaluate(model, source, val_blocks, config, device)
+        validation = evaluate(model, source, val_blocks, config, device, dist)
         history.append(
             {
                 "epoch": epoch,
@@ -365,29 +426,33 @@ def train_model(
                 "learning_rate": scheduler.get_last_lr()[0],
             }
         )
-        if validation < best:
+        improved = validation < best
+        if improved:
             best, best_epoch = validation, epoch
-            save_torch(out / "model.pt", model.state_dict())
-        save_torch(
-            out / "training_state.pt",
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": history,
-                "best_validation": best,
-                "best_epoch": best_epoch,
-            },
-        )
-        write_json(
-            out / "metadata.json",
-            {
-                **metadata_base,
-                "history": history,
-                "best_epoch": best_epoch,
-                "best_validation_nats_per_pixel": best,
-            },
-        )
+        if dist.is_main:
+            if improved:
+                save_torch(out / "model.pt", model.state_dict())
+            save_torch(
+                out / "training_state.pt",
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "best_validation": best,
+                    "best_epoch": best_epoch,
+                    "world_size": dist.world_size,
+                },
+            )
+            write_json(
+                out / "metadata.json",
+                {
+                    **metadata_base,
+                    "history": history,
+                    "best_epoch": best_epoch,
+                    "best_validation_nats_per_pixel": best,
+                },
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{train_loss:.4f}", val=f"{validation:.4f}", best=best_epoch)
@@ -395,22 +460,27 @@ def train_model(
             stopped = "converged"
             break
         elapsed = (time.monotonic() - start_time) / 60.0
-        if config.time_limit is not None and elapsed >= config.time_limit:
+        if config.time_limit is not None and dist.broadcast_flag(
+            elapsed >= config.time_limit, device
+        ):
             stopped = "time_limit"
             break
     if bar is not None:
         bar.close()
-    write_json(
-        out / "metadata.json",
-        {
-            **metadata_base,
-            "history": history,
-            "best_epoch": best_epoch,
-            "best_validation_nats_per_pixel": best,
-            "stopped": stopped,
-        },
-    )
-    _plot_curve(history, out / "training_curve.png")
+    if dist.is_main:
+        write_json(
+            out / "metadata.json",
+            {
+                **metadata_base,
+                "history": history,
+                "best_epoch": best_epoch,
+                "best_validation_nats_per_pixel": best,
+                "stopped": stopped,
+                "world_size": dist.world_size,
+            },
+        )
+        _plot_curve(history, out / "training_curve.png")
+    dist.barrier()
     return TrainResult(
         path=out,
         epochs_run=len(history),
@@ -432,9 +502,17 @@ def _run_epoch(
     device: torch.device,
     epoch: int,
     autocast: bool,
+    dist: Distributed,
 ) -> tuple[float, int]:
-    """One pass over the training blocks; returns (nats per pixel, skipped steps)."""
+    """One pass over the training blocks; returns (nats per pixel, skipped steps).
+
+    Every rank sees the same global batches and trains on its contiguous slice of each.
+    """
     rng = np.random.default_rng([config.seed, 2, epoch])
+    share = config.batch_size // dist.world_size
+    mine = slice(dist.rank * share, (dist.rank + 1) * share)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    dtype = _dtype(model)
     total, pixels, skipped, consecutive = 0.0, 0.0, 0, 0
     for batch in iter_batches(
         source,
@@ -446,15 +524,19 @@ def _run_epoch(
         drop_last=True,
         error_names=config.error_names,
     ):
-        flux, ivar, labels, errors = _tensors(batch, device, torch.float32)
+        if dist.active:
+            batch = batch.select(mine)
+        flux, ivar, labels, errors = _tensors(batch, device, dtype)
         context = labels if config.label_names else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model.loss(flux, ivar, context, context_err=errors)
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if dist.any(not bool(torch.isfinite(loss)), device):
             skipped, consecutive = skipped + 1, consecutive + 1
         else:
             loss.backward()
+            # the mean of the ranks' mean losses is the global batch's mean loss
+            dist.average_gradients(parameters)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             if not torch.isfinite(norm):
                 optimizer.zero_grad(set_to_none=True)
@@ -472,8 +554,9 @@ def _run_epoch(
                 f"{epoch}); the weights were not updated by them. Lower --learning-rate, "
                 "check the survey for extreme flux values, or resume from the last checkpoint"
             )
-    if skipped:
+    if skipped and dist.is_main:
         logger.warning("epoch %d: skipped %d steps with non-finite loss/gradients", epoch, skipped)
+    total, pixels = dist.sum([total, pixels], device)
     return total / max(pixels, 1.0), skipped
 
 
