@@ -18,6 +18,11 @@ MODEL_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("factor_analysis_labelW", "factor_analysis", {"n_latent": 2, "label_dependent_loading": True}),
     ("factor_analysis_mlp", "factor_analysis", {"n_latent": 2, "mean_hidden": 4}),
     (
+        "factor_analysis_labelvar",
+        "factor_analysis",
+        {"n_latent": 2, "label_dependent_variance": True},
+    ),
+    (
         "latent_flow",
         "latent_flow",
         {"n_latent": 2, "flow_hidden": 8, "flow_transforms": 2, "n_importance": 4},

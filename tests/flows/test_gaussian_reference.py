@@ -15,6 +15,7 @@ from stellarflow.flows import (
 )
 from stellarflow.flows.base import SpectralModel
 from stellarflow.flows.latent import identity_init
+from stellarflow.flows.registry import build_model
 from tests.flows._helpers import perturbed_model, random_batch
 
 P, L, N = 8, 2, 6
@@ -85,6 +86,56 @@ def test_log_prob_equals_multivariate_normal(
     else:
         assert dist.log_prob_is_exact
         torch.testing.assert_close(dist.log_prob(flux), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["factor_analysis", "latent_flow"])
+@pytest.mark.parametrize("noisy", [False, True])
+def test_label_dependent_variance_is_the_hand_built_normal(kind: str, noisy: bool) -> None:
+    """W(l) = W diag exp(a'(l) A), tau^2(l) = exp(eta + a'(l) B) + floor, built by hand."""
+    options = {"n_latent": 3, "label_dependent_variance": True}
+    if kind == "latent_flow":
+        options |= {"flow_hidden": 8, "label_dependent_loading": True}
+    model = perturbed_model(kind, P, L, options)
+    if isinstance(model, LatentFlowModel):
+        identity_init(model.prior_flow)
+    flux, ivar, context = random_batch(N, P, L)
+    ivar = ivar if noisy else None
+    labels = (context - model.context_loc) / model.context_scale
+    l1, l2 = labels[:, 0], labels[:, 1]
+    features = torch.stack([l1, l2, l1 * l1, l1 * l2, l2 * l2], dim=-1)  # a'(l), no constant
+    with torch.no_grad():
+        loading = model.loading
+        if model.loading_slopes is not None:
+            loading = loading + l1[:, None, None] * model.loading_slopes[0]
+            loading = loading + l2[:, None, None] * model.loading_slopes[1]
+        scale = torch.exp(features @ model.latent_scale_slopes)
+        w = model.flux_scale[:, None] * loading * scale[:, None, :]
+        log_var = model.log_intrinsic_var + features @ model.intrinsic_var_slopes
+        var = model.flux_scale**2 * (log_var.exp() + model.options.var_floor)
+        cov = torch.diag_embed(var) + w @ w.transpose(-1, -2)
+        mean = model.flux_loc + model.flux_scale * model.mean(labels)
+    expected = _mvn_log_prob(mean, cov, flux, ivar)
+    got = model(context, ivar=ivar).log_prob(flux)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+    if kind == "factor_analysis":  # (a flow prior's Cov[z] is a sample estimate)
+        factors = model.covariance(context)
+        torch.testing.assert_close(factors.covariance(), cov, rtol=1e-9, atol=1e-12)
+    assert var.std(0).min() > 0  # the variance really changes from star to star
+
+
+def test_zero_variance_slopes_are_the_label_independent_model() -> None:
+    plain = perturbed_model("factor_analysis", P, L, {"n_latent": 2})
+    varying = build_model("factor_analysis", P, L, n_latent=2, label_dependent_variance=True)
+    state = plain.state_dict()
+    missing = varying.load_state_dict(state, strict=False).missing_keys
+    assert sorted(missing) == ["intrinsic_var_slopes", "latent_scale_slopes"]
+    with torch.no_grad():
+        varying.intrinsic_var_slopes.zero_()
+        varying.latent_scale_slopes.zero_()
+    flux, ivar, context = random_batch(N, P, L)
+    torch.testing.assert_close(
+        varying(context, ivar=ivar).log_prob(flux), plain(context, ivar=ivar).log_prob(flux)
+    )
 
 
 def test_label_dependent_loading_changes_with_labels() -> None:

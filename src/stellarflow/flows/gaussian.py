@@ -51,7 +51,7 @@ from stellarflow.flows.distributions import (
     LatentGaussianSpectra,
     LatentPrior,
 )
-from stellarflow.flows.linear_gaussian import quadratic_features
+from stellarflow.flows.linear_gaussian import n_quadratic_terms, quadratic_features
 from stellarflow.flows.results import CovarianceFactors, PosteriorPrediction
 from stellarflow.flows.warm_start import linear_gaussian_warm_start
 
@@ -236,6 +236,7 @@ class FactorAnalysisConfig:
     label_dependent_loading: bool = False
     var_floor: float = 1e-6
     mean_hidden: int = 0
+    label_dependent_variance: bool = False
 
     def __post_init__(self) -> None:
         check_positive("n_pixels", self.n_pixels)
@@ -256,10 +257,27 @@ class LinearGaussianModel(SpectralModel):
     optional ``loading_slopes`` :math:`W_j` `(n_context, n_pixels, k)` so that
     :math:`W(l) = W_0 + \sum_j l_j W_j` (line responses that change with Teff), and
     ``log_intrinsic_var`` :math:`\eta`, :math:`\tau^2 = e^\eta + \tau_{min}^2`.
+
+    With ``label_dependent_variance``, the amount of scatter at fixed labels may change with
+    the labels (in the mock, as in the Galaxy, metal-poor and metal-rich giants scatter more
+    than solar ones): with :math:`a'(l)` the quadratic features without the constant,
+    ``latent_scale_slopes`` :math:`A` `(n_terms - 1, k)` and ``intrinsic_var_slopes``
+    :math:`B` `(n_terms - 1, n_pixels)`,
+
+    .. math:: W(l) \to W(l)\, \mathrm{diag}\, e^{a'(l) A}, \qquad
+              \tau^2(l) = e^{\eta + a'(l) B} + \tau_{min}^2 .
+
+    Both start at zero (the label-independent model) and the likelihood stays exact.
     Subclasses supply the prior on z through :meth:`_prior`.
     """
 
-    def _build_linear(self, n_latent: int, label_dependent: bool, mean_hidden: int = 0) -> None:
+    def _build_linear(
+        self,
+        n_latent: int,
+        label_dependent: bool,
+        mean_hidden: int = 0,
+        label_dependent_variance: bool = False,
+    ) -> None:
         p, n_context = self.n_pixels, self.n_context
         self.mean = QuadraticMean(p, n_context, mean_hidden)
         self.loading = nn.Parameter(torch.randn(p, n_latent) / math.sqrt(p))
@@ -267,17 +285,37 @@ class LinearGaussianModel(SpectralModel):
         if label_dependent and n_context > 0:
             self.loading_slopes = nn.Parameter(torch.zeros(n_context, p, n_latent))
         self.log_intrinsic_var = nn.Parameter(torch.zeros(p))
+        self.latent_scale_slopes: nn.Parameter | None = None
+        self.intrinsic_var_slopes: nn.Parameter | None = None
+        if label_dependent_variance and n_context > 0:
+            n_terms = n_quadratic_terms(n_context) - 1
+            self.latent_scale_slopes = nn.Parameter(torch.zeros(n_terms, n_latent))
+            self.intrinsic_var_slopes = nn.Parameter(torch.zeros(n_terms, p))
 
-    def intrinsic_var(self) -> Tensor:
-        r""":math:`\tau^2` `(n_pixels,)`, standardised units."""
-        return self.log_intrinsic_var.exp() + self.options.var_floor
+    def intrinsic_var(self, labels: Tensor | None = None) -> Tensor:
+        r""":math:`\tau^2(l)`: `(n_pixels,)`, or `(*batch, n_pixels)` if label-dependent.
+
+        Args:
+            labels: `(*batch, n_context)` standardised labels, or None.
+        """
+        log_var = self.log_intrinsic_var
+        if self.intrinsic_var_slopes is not None and labels is not None:
+            log_var = log_var + quadratic_features(labels, labels)[..., 1:] @ (
+                self.intrinsic_var_slopes
+            )
+        return log_var.exp() + self.options.var_floor
 
     def loading_at(self, labels: Tensor | None) -> Tensor:
         """:math:`W(l)`: `(n_pixels, k)`, or `(*batch, n_pixels, k)` if label-dependent."""
-        if self.loading_slopes is None or labels is None:
-            return self.loading
-        slopes = torch.tensordot(labels, self.loading_slopes, dims=([-1], [0]))
-        return self.loading + slopes
+        loading = self.loading
+        if labels is None:
+            return loading
+        if self.loading_slopes is not None:
+            loading = loading + torch.tensordot(labels, self.loading_slopes, dims=([-1], [0]))
+        if self.latent_scale_slopes is not None:
+            features = quadratic_features(labels, labels)[..., 1:]
+            loading = loading * torch.exp(features @ self.latent_scale_slopes)[..., None, :]
+        return loading
 
     def _prior(
         self, labels: Tensor | None, temperature: float, n_errors: int = 0
@@ -333,7 +371,7 @@ class LinearGaussianModel(SpectralModel):
             self.flux_scale,
             self.mean(labels),
             loading,
-            self.intrinsic_var(),
+            self.intrinsic_var(labels),
             ivar,
             prior=prior,
             temperature=temperature,
@@ -404,7 +442,7 @@ class LinearGaussianModel(SpectralModel):
         mean, cov = self._latent_moments(labels, temperature, n_samples, generator)
         loading = self.flux_scale[:, None] * self.loading_at(labels)
         loading = loading.expand(mean.shape[:-1] + loading.shape[-2:])
-        var = self.flux_scale**2 * temperature**2 * self.intrinsic_var()
+        var = self.flux_scale**2 * temperature**2 * self.intrinsic_var(labels)
         used = 0 if self._prior(labels, temperature) is None else n_samples
         return CovarianceFactors(loading, cov, mean, var, used)
 
@@ -429,6 +467,9 @@ class LinearGaussianModel(SpectralModel):
         self.loading.copy_(loading)
         if self.loading_slopes is not None:
             self.loading_slopes.zero_()
+        for slopes in (self.latent_scale_slopes, self.intrinsic_var_slopes):
+            if slopes is not None:
+                slopes.zero_()
         self.log_intrinsic_var.copy_(torch.log(tau2))
 
 
@@ -452,6 +493,9 @@ class FactorAnalysisModel(LinearGaussianModel):
         mean_hidden: width of an MLP residual on the quadratic mean (0: none). A mean that
             is too rigid for the labels' effect pushes the misfit into W z, which then
             reads as scatter at fixed labels (docs/design.md, noise-aware likelihood).
+        label_dependent_variance: let the latent scales and the per-pixel intrinsic
+            variance change with the labels (log-quadratic; see
+            :class:`LinearGaussianModel`).
     """
 
     kind = "factor_analysis"
@@ -464,9 +508,16 @@ class FactorAnalysisModel(LinearGaussianModel):
         label_dependent_loading: bool = False,
         var_floor: float = 1e-6,
         mean_hidden: int = 0,
+        label_dependent_variance: bool = False,
     ) -> None:
         super().__init__(n_pixels, n_context)
         self.options = FactorAnalysisConfig(
-            n_pixels, n_context, n_latent, label_dependent_loading, var_floor, mean_hidden
+            n_pixels,
+            n_context,
+            n_latent,
+            label_dependent_loading,
+            var_floor,
+            mean_hidden,
+            label_dependent_variance,
         )
-        self._build_linear(n_latent, label_dependent_loading, mean_hidden)
+        self._build_linear(n_latent, label_dependent_loading, mean_hidden, label_dependent_variance)

@@ -230,6 +230,7 @@ class LatentFlowConfig:
     proposal: str = "posterior"
     proposal_refinements: int = 0
     var_floor: float = 1e-6
+    label_dependent_variance: bool = False
 
     def __post_init__(self) -> None:
         check_positive("n_pixels", self.n_pixels)
@@ -284,6 +285,9 @@ class LatentFlowModel(LinearGaussianModel):
         proposal_refinements: Laplace refinements of the "posterior" proposal (module
             docstring); 0 disables them.
         var_floor: :math:`\tau_{min}^2`, standardised units.
+        label_dependent_variance: let the per-pixel intrinsic variance (and the latent
+            scales) change with the labels, log-quadratically (see
+            :class:`~stellarflow.flows.gaussian.LinearGaussianModel`).
     """
 
     kind = "latent_flow"
@@ -303,6 +307,7 @@ class LatentFlowModel(LinearGaussianModel):
         proposal: str = "posterior",
         proposal_refinements: int = 0,
         var_floor: float = 1e-6,
+        label_dependent_variance: bool = False,
     ) -> None:
         super().__init__(n_pixels, n_context)
         self.options = LatentFlowConfig(
@@ -319,8 +324,9 @@ class LatentFlowModel(LinearGaussianModel):
             proposal,
             proposal_refinements,
             var_floor,
+            label_dependent_variance,
         )
-        self._build_linear(n_latent, label_dependent_loading, mean_hidden)
+        self._build_linear(n_latent, label_dependent_loading, mean_hidden, label_dependent_variance)
         # zuko's NSF with our spline parametrisation (flows.splines): same transform, faster
         # knots on CPU, identity at zero parameters.
         self.prior_flow = zuko.flows.MAF(

@@ -70,7 +70,8 @@ class CovarianceFactors(NamedTuple):
             else the sample covariance of ``n_samples`` flow draws; its sampling noise is that
             of a k x k covariance, relative error ~ :math:`\sqrt{2 / n}` on variances).
         latent_mean: `(*batch, k)`: :math:`E[z | c]`.
-        intrinsic_var: `(n_pixels,)`, flux units squared: :math:`v = s^2 T^2 \tau^2`.
+        intrinsic_var: `(n_pixels,)` or `(*batch, n_pixels)` when it depends on the labels,
+            flux units squared: :math:`v = s^2 T^2 \tau^2`.
         n_samples: flow draws used (0 when exact).
     """
 
@@ -84,7 +85,7 @@ class CovarianceFactors(NamedTuple):
         """Dense covariance `(*batch, q, q)` over the pixel indices ``pixels`` `(q,)`, flux^2."""
         loading, var = self.loading, self.intrinsic_var
         if pixels is not None:
-            loading, var = loading[..., pixels, :], var[pixels]
+            loading, var = loading[..., pixels, :], var[..., pixels]
         cov = loading @ self.latent_cov @ loading.transpose(-1, -2)
         return cov + torch.diag_embed(var.expand(cov.shape[:-1]))
 
