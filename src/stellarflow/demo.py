@@ -32,7 +32,14 @@ from stellarflow.io.atomic import atomic_path
 from stellarflow.train.checkpoint import TrainedModel, read_json, write_json
 from stellarflow.train.config import TrainConfig
 
-__all__ = ["DEMO_LABELS", "DEMO_SIZES", "DEMO_TRAINING", "DemoConfig", "run_demo"]
+__all__ = [
+    "DEMO_LABELS",
+    "DEMO_LINE_SAMPLES",
+    "DEMO_SIZES",
+    "DEMO_TRAINING",
+    "DemoConfig",
+    "run_demo",
+]
 
 # small: minutes on a 2-core laptop; full: the native 7,514-pixel APOGEE grid.
 DEMO_SIZES: dict[str, dict[str, Any]] = {
@@ -52,6 +59,10 @@ DEMO_TRAINING: dict[str, dict[str, Any]] = {
 }
 
 DEMO_LABELS: tuple[str, ...] = ("TEFF", "LOGG", "FE_H")
+
+# Model spectra drawn for the hidden-line search (its correlation's sampling noise is
+# ~1/sqrt(n)); 20,000 at 7,514 pixels take ~35 s on 2 idle cores.
+DEMO_LINE_SAMPLES: dict[str, int] = {"small": 10_000, "full": 20_000}
 
 # The label point of the samples figure when the model supports it (else the median labels).
 _REFERENCE_POINT = {"TEFF": 4750.0, "LOGG": 2.5, "FE_H": 0.0}
@@ -431,6 +442,41 @@ def _outliers_stage(run: _Run) -> dict[str, Any]:
     return record
 
 
+def _lines_stage(run: _Run) -> dict[str, Any]:
+    from astropy.table import Table
+
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.report.answer_key import line_recovery
+
+    trained = _load_trained(run)
+    with open_survey(run.survey_path) as survey:
+        point = _label_point(trained, survey.labels)
+        linelist = survey.read_table("truth/linelist")
+    text = ",".join(f"{name}={value:g}" for name, value in point.items())
+    n_samples = DEMO_LINE_SAMPLES[run.config.size]
+    run.report(f"[lines] pixel correlations of {n_samples} model spectra at {text} -> lines/")
+    out = run.out / "lines"
+    command = _run_command(run, ["lines", str(run.model_dir), "--at", text,
+                                 "--survey", str(run.survey_path), "--out", str(out),
+                                 "--n-samples", str(n_samples), "--seed",
+                                 str(run.config.seed), "--overwrite"])  # fmt: skip
+    candidates = Table.read(out / "candidates.ecsv", format="ascii.ecsv")
+    grid = (float(trained.wavelength[0]), float(trained.wavelength[-1]))
+    summary, _ = line_recovery(candidates, linelist, grid)
+    run.report(
+        f"[lines] {len(candidates)} features, {summary['n_new_candidates']} not in the line "
+        f"list; {summary['recovered']} of {summary['n_withheld']} withheld lines recovered"
+    )
+    return {
+        "command": command,
+        "candidates": "lines/candidates.ecsv",
+        "point": point,
+        "n_features": len(candidates),
+        "answer_key": {k: (round(v, 4) if isinstance(v, float) else v)
+                       for k, v in summary.items()},
+    }  # fmt: skip
+
+
 def _report_stage(run: _Run) -> dict[str, Any]:
     from stellarflow.report import build_report
 
@@ -477,5 +523,6 @@ _STAGES: tuple[tuple[str, Callable[[_Run], dict[str, Any]], tuple[str, ...]], ..
     ("score", _score_stage, ("scores.ecsv",)),
     ("samples", _samples_stage, ("samples_vs_data.png",)),
     ("outliers", _outliers_stage, ("outliers/outliers.ecsv",)),
+    ("lines", _lines_stage, ("lines/candidates.ecsv",)),
     ("report", _report_stage, ("report.html",)),
 )

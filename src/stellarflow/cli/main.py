@@ -18,6 +18,7 @@ from pathlib import Path
 from stellarflow.cli import (
     data_commands,
     demo_command,
+    lines_command,
     model_commands,
     outliers_command,
     report_command,
@@ -26,7 +27,14 @@ from stellarflow.errors import StellarflowError
 
 __all__ = ["build_parser", "main", "run"]
 
-_COMMAND_MODULES = (data_commands, model_commands, outliers_command, demo_command, report_command)
+_COMMAND_MODULES = (
+    data_commands,
+    model_commands,
+    outliers_command,
+    lines_command,
+    demo_command,
+    report_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
