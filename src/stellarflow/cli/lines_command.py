@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stellarflow.errors import DataValidationError
+from stellarflow.io.atomic import atomic_directory, check_folder_writable
 
 __all__ = ["register", "run_lines"]
 
@@ -83,32 +79,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
         )
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    from stellarflow.io.atomic import check_writable
-
-    check_writable(out, overwrite)
-    if out.exists() and not out.is_dir():
-        raise DataValidationError(f"{out} exists and is not a folder; choose another --out")
-
-
-@contextlib.contextmanager
-def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; it replaces ``out`` only on a clean exit."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = None
-    try:
-        yield tmp
-        if out.exists():
-            _check_out(out, overwrite)
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _known_lines(args: argparse.Namespace) -> Any:
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.io.linelist import read_linelist
@@ -144,7 +114,7 @@ def run_lines(args: argparse.Namespace) -> int:
     _check_arguments(args)
     point = parse_label_point(args.at)
     box = parse_label_point(args.box) if args.box else None
-    _check_out(args.out, args.overwrite)
+    check_folder_writable(args.out, args.overwrite)
     linelist = _known_lines(args)
     trained = load_model(args.model)
     options = {
@@ -172,7 +142,7 @@ def run_lines(args: argparse.Namespace) -> int:
         "offset", "explained_by", "associated", "nearest_other", "nearest_other_element",
         "other_offset", "pixel", "n_pixels",
     ]  # fmt: skip
-    with _atomic_directory(args.out, args.overwrite) as folder:
+    with atomic_directory(args.out, args.overwrite) as folder:
         search.candidates[columns].write(folder / "candidates.ecsv", format="ascii.ecsv")
         if baseline is not None:
             table = baseline.candidates[columns]

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stellarflow.errors import DataValidationError
+from stellarflow.io.atomic import atomic_directory, check_folder_writable
 
 __all__ = ["register", "run_outliers"]
+
+# TEMPORARY aliases for the elements command in progress (to be removed when it lands)
+_atomic_directory = atomic_directory
+_check_out = check_folder_writable
 
 
 def register(commands: Any) -> None:
@@ -79,32 +80,6 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run_outliers)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    from stellarflow.io.atomic import check_writable
-
-    check_writable(out, overwrite)
-    if out.exists() and not out.is_dir():
-        raise DataValidationError(f"{out} exists and is not a folder; choose another --out")
-
-
-@contextlib.contextmanager
-def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; it replaces ``out`` only on a clean exit."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = None
-    try:
-        yield tmp
-        if out.exists():
-            _check_out(out, overwrite)
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _file_name(rank: int, star_id: str, width: int) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", star_id).strip("._") or "star"
     return f"{rank:0{width}d}_{safe}.png"
@@ -137,7 +112,7 @@ def run_outliers(args: argparse.Namespace) -> int:
             f"need --top >= 0, --chunk-size >= 1 and --n-reference >= 2; got {args.top}, "
             f"{args.chunk_size}, {args.n_reference}"
         )
-    _check_out(args.out, args.overwrite)
+    check_folder_writable(args.out, args.overwrite)
     labels = read_label_table(args.labels) if args.labels is not None else None
     linelist = read_linelist(args.linelist) if args.linelist is not None else None
     options = {
@@ -171,7 +146,7 @@ def run_outliers(args: argparse.Namespace) -> int:
         top = table[table["flag"] == ""][: args.top]
         explained = explain_stars(trained, survey, list(top["star_id"]), **options)
     width = max(2, len(str(len(top))))
-    with _atomic_directory(args.out, args.overwrite) as folder:
+    with atomic_directory(args.out, args.overwrite) as folder:
         table.write(folder / "outliers.ecsv", format="ascii.ecsv")
         figure = plot_score_distribution(table, top_k=len(top))
         figure.savefig(folder / "score_distribution.png", dpi=110)

@@ -12,9 +12,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from stellarflow.errors import OutputExistsError
+from stellarflow.errors import DataValidationError, OutputExistsError
 
-__all__ = ["atomic_path", "check_writable"]
+__all__ = ["atomic_directory", "atomic_path", "check_folder_writable", "check_writable"]
 
 
 def check_writable(path: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -59,3 +59,46 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
         os.replace(tmp, target)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_folder_writable(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """:func:`check_writable` for an output folder; also refuses a file in its place.
+
+    Raises:
+        OutputExistsError: if ``out`` exists and ``overwrite`` is False.
+        DataValidationError: if ``out`` exists and is not a folder.
+        FileNotFoundError: if its parent folder does not exist.
+    """
+    target = check_writable(out, overwrite)
+    if target.exists() and not target.is_dir():
+        raise DataValidationError(f"{target} exists and is not a folder; choose another --out")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; it replaces ``out`` only on a clean exit.
+
+    The folder gets the permissions of a folder made by ``mkdir`` (``0o777`` less the umask),
+    not the private ``0o700`` of a temporary one. On an exception nothing appears at ``out``
+    and an existing ``out`` is left as it was.
+    """
+    target = check_folder_writable(out, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = None
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        if target.exists():
+            check_folder_writable(target, overwrite)
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
