@@ -18,6 +18,7 @@ from pathlib import Path
 from stellarflow.cli import (
     data_commands,
     demo_command,
+    elements_command,
     lines_command,
     model_commands,
     outliers_command,
@@ -32,6 +33,7 @@ _COMMAND_MODULES = (
     model_commands,
     outliers_command,
     lines_command,
+    elements_command,
     demo_command,
     report_command,
 )

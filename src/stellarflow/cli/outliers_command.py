@@ -13,10 +13,6 @@ from stellarflow.io.atomic import atomic_directory, check_folder_writable
 
 __all__ = ["register", "run_outliers"]
 
-# TEMPORARY aliases for the elements command in progress (to be removed when it lands)
-_atomic_directory = atomic_directory
-_check_out = check_folder_writable
-
 
 def register(commands: Any) -> None:
     """Add ``outliers`` to the sub-command parser."""
