@@ -14,6 +14,15 @@ finished stages. Stages today:
 5. ``score``: ``scores.ecsv``, log p(flux | labels) of every star (as ``stellarflow score``).
 6. ``samples``: ``samples_vs_data.png``, model samples beside the survey's spectra at a
    well-populated label point.
+7. ``outliers``: ``outliers/`` as ``stellarflow outliers`` writes it (ranked table, score
+   distribution, gallery); the injected outliers found are recorded.
+8. ``lines``: ``lines/`` as ``stellarflow lines`` writes it at that label point (candidate
+   lines, correlation matrix, figures, the empirical baseline); withheld lines recovered.
+9. ``elements``: ``catalogue.ecsv`` (the survey's labels) and ``elements/`` as
+   ``stellarflow elements --condition FE_H,MG_FE --greedy`` writes it; processes found.
+10. ``report``: ``report.html`` (``stellarflow report``), rebuilt on every run.
+
+Stages 7-9 run the documented commands in-process, and record their command lines.
 """
 
 from __future__ import annotations
@@ -477,6 +486,32 @@ def _lines_stage(run: _Run) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _elements_stage(run: _Run) -> dict[str, Any]:
+    from astropy.table import Table
+
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.report.answer_key import greedy_processes
+
+    catalogue = run.out / "catalogue.ecsv"
+    with open_survey(run.survey_path) as survey:
+        labels = survey.labels
+    with atomic_path(catalogue, overwrite=True) as tmp:
+        labels.write(tmp, format="ascii.ecsv")
+    run.report("[elements] residual abundance structure given FE_H, MG_FE; greedy -> elements/")
+    out = run.out / "elements"
+    command = _run_command(run, ["elements", str(catalogue), "--condition", "FE_H,MG_FE",
+                                 "--elements", "all", "--also", "TEFF,LOGG", "--greedy",
+                                 "--out", str(out), "--seed", str(run.config.seed),
+                                 "--overwrite"])  # fmt: skip
+    greedy = Table.read(out / "greedy.ecsv", format="ascii.ecsv")
+    key = greedy_processes(greedy)
+    run.report(
+        f"[elements] greedy conditioning set {', '.join(key['condition'])}; processes "
+        f"found beyond FE_H and MG_FE: {', '.join(key['processes_added']) or 'none'}"
+    )
+    return {"command": command, "elements": "elements/elements.ecsv", "answer_key": key}
+
+
 def _report_stage(run: _Run) -> dict[str, Any]:
     from stellarflow.report import build_report
 
@@ -524,5 +559,6 @@ _STAGES: tuple[tuple[str, Callable[[_Run], dict[str, Any]], tuple[str, ...]], ..
     ("samples", _samples_stage, ("samples_vs_data.png",)),
     ("outliers", _outliers_stage, ("outliers/outliers.ecsv",)),
     ("lines", _lines_stage, ("lines/candidates.ecsv",)),
+    ("elements", _elements_stage, ("elements/elements.ecsv",)),
     ("report", _report_stage, ("report.html",)),
 )

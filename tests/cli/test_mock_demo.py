@@ -100,7 +100,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
     record = json.loads((run / "stages.json").read_text())
     stages = record["stages"]
     assert list(stages) == ["mock", "summary", "figures", "train", "score", "samples",
-                            "outliers", "lines", "report"]  # fmt: skip
+                            "outliers", "lines", "elements", "report"]  # fmt: skip
     assert record["config"]["epochs"] == 2
     assert stages["train"]["epochs"] == 2 and stages["train"]["stopped"] == "epochs"
     assert stages["train"]["best_validation_nats_per_pixel"] == pytest.approx(
@@ -155,14 +155,25 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
     assert len(lines) >= 5 and np.mean(np.asarray(lines["known"])) > 0.5
     assert stages["lines"]["answer_key"]["n_withheld"] >= 1
 
+    # elements: the mock's abundances are more than noise at fixed FE_H and MG_FE (four
+    # processes), and the greedy search conditions on at least one more element
+    elements = Table.read(run / "elements" / "elements.ecsv")
+    assert {"element", "residual_scatter", "intrinsic_scatter", "excess_significance"} <= set(
+        elements.colnames
+    )
+    ce = elements[list(elements["element"]).index("CE_FE")]
+    assert ce["intrinsic_scatter"] > 0.03  # AGB process + 0.03 dex own scatter
+    assert len(stages["elements"]["answer_key"]["added"]) >= 1
+
     # the report shows every stage, the demo's command line and the answer key
     page = (run / "report.html").read_text()
-    for anchor in ("overview", "survey", "model", "scores", "outliers", "lines"):
+    for anchor in ("overview", "survey", "model", "scores", "outliers", "lines", "elements"):
         assert f'<section id="{anchor}">' in page
     assert "stellarflow -q demo --out" in page and "Answer key: injected outliers" in page
     sources = re.findall(r'<img src="([^"]+)"', page)
-    # 2 mock figures, curve, samples, score distribution, 12 gallery, 3 hidden-line figures
-    assert len(sources) == 20
+    # 2 mock figures, curve, samples, score distribution, 12 gallery, 3 hidden-line figures,
+    # 4 element figures
+    assert len(sources) == 24
     assert all((run / source).is_file() for source in sources)
     if shutil.which("chromium") or os.environ.get("STELLARFLOW_REQUIRE_CHROMIUM"):
         dom = render_in_chromium(run / "report.html", ARTIFACTS / "demo_report.png", tmp_path)
@@ -178,7 +189,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
     assert main(argv) == 0
     assert time.monotonic() - started < 5.0
     out = capsys.readouterr().out
-    assert out.count("already done") == 8 and "[report] done" in out
+    assert out.count("already done") == 9 and "[report] done" in out
     assert {name: (run / name).stat().st_mtime_ns for name in before} == before
     # the same folder with other settings is refused, not silently mixed
     assert main(["-q", "demo", "--out", str(run), "--n-stars", "300", "--n-pixels", "256"]) == 1
@@ -191,20 +202,22 @@ def test_demo_accepts_a_run_started_before_new_settings(tmp_path, capsys) -> Non
     (run / "model").mkdir(parents=True)
     (run / "outliers").mkdir()
     (run / "lines").mkdir()
+    (run / "elements").mkdir()
     outputs = ("survey.h5", "summary.txt", "mock_spectra.png", "mock_population.png",
                "model/model.pt", "scores.ecsv", "samples_vs_data.png",
-               "outliers/outliers.ecsv", "lines/candidates.ecsv")  # fmt: skip
+               "outliers/outliers.ecsv", "lines/candidates.ecsv",
+               "elements/elements.ecsv")  # fmt: skip
     for name in outputs:
         (run / name).write_bytes(b"x")
     stages = {name: {"seconds": 1.0} for name in
               ("mock", "summary", "figures", "train", "score", "samples", "outliers",
-               "lines")}  # fmt: skip
+               "lines", "elements")}  # fmt: skip
     old = {"size": "small", "seed": 0, "n_stars": 200, "n_pixels": 256}
     (run / "stages.json").write_text(json.dumps({"config": old, "stages": stages}))
     argv = ["-q", "demo", "--out", str(run), "--n-stars", "200", "--n-pixels", "256"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("already done") == 8
+    assert out.count("already done") == 9
     # the report is always rebuilt; a stage whose files do not read is reported as such
     assert "could not read this stage" in (run / "report.html").read_text()
     assert main([*argv, "--epochs", "3"]) == 1

@@ -17,10 +17,11 @@ def register(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the end-to-end demo on a built-in mock survey",
-        description="Generate a mock survey with known truth and run every capability "
-        "that has landed on it (train the default model, score every star, draw samples), "
-        "writing tables and figures to RUN_DIR. Re-running with the same --out resumes: "
-        "finished stages are not redone and an interrupted training continues.",
+        description="Generate a mock survey with known truth and run the whole mission on it "
+        "(train the default model, score every star, draw samples, rank outliers, search "
+        "for hidden lines, count the chemical dimensions), writing tables, figures and "
+        "RUN_DIR/report.html. Re-running with the same --out resumes: finished stages are "
+        "not redone and an interrupted training continues.",
     )
     demo.add_argument("--out", type=Path, default=Path("demo-run"), help="run directory")
     demo.add_argument(

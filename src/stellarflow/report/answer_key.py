@@ -16,7 +16,18 @@ from astropy.table import Table
 from stellarflow.mock.constants import PROCESS_VECTORS, PROCESSES
 from stellarflow.mock.outliers import dominant_elements
 
-__all__ = ["line_recovery", "outlier_recovery", "process_table", "roc_auc"]
+__all__ = [
+    "CARRIER_FRACTION",
+    "greedy_processes",
+    "line_recovery",
+    "outlier_recovery",
+    "process_carriers",
+    "process_table",
+    "roc_auc",
+]
+
+CARRIER_FRACTION = 0.3
+"""An element carries a process when the process makes at least this fraction of it."""
 
 
 def _text(column: Any) -> np.ndarray:
@@ -165,3 +176,42 @@ def process_table() -> Table:
     for process in PROCESSES:
         columns[process] = [PROCESS_VECTORS[element][process] for element in elements]
     return Table(columns)
+
+
+def process_carriers(fraction: float = CARRIER_FRACTION) -> dict[str, set[str]]:
+    """The elements (allStar column names) that carry each process beyond cc and ia.
+
+    FE_H and MG_FE fix the core-collapse and Type Ia amplitudes; an element carries the
+    AGB or odd-Z process when that process makes at least ``fraction`` of it.
+    """
+    from stellarflow.mock.constants import abundance_label
+
+    return {
+        process: {abundance_label(element) for element, vector in PROCESS_VECTORS.items()
+                  if vector[process] >= fraction}
+        for process in PROCESSES if process not in ("cc", "ia")
+    }  # fmt: skip
+
+
+def greedy_processes(greedy: Table) -> dict[str, Any]:
+    """Which of the mock's processes a greedy conditioning path picked up, and where it stopped.
+
+    Args:
+        greedy: ``greedy.ecsv`` (``step``, ``added_element``, ``condition``, ``stop``).
+
+    Returns:
+        ``condition`` (the final set), ``added`` (elements added, in order),
+        ``processes_added`` (the process each added element carries, "" for none),
+        ``recovered``: True when exactly one element per extra process was added (the
+        answer for a mock with the four processes of :data:`PROCESSES`).
+    """
+    carriers = process_carriers()
+    added = [str(e) for e in _text(greedy["added_element"]) if str(e)]
+    stops = np.asarray(greedy["stop"], dtype=bool)
+    final = int(np.flatnonzero(stops)[0]) if stops.any() else len(greedy) - 1
+    condition = str(_text(greedy["condition"])[final]).split(",")
+    added = added[:final]
+    carried = [next((p for p, names in carriers.items() if e in names), "") for e in added]
+    recovered = sorted(carried) == sorted(carriers) and len(added) == len(carriers)
+    return {"condition": condition, "added": added, "processes_added": carried,
+            "recovered": bool(recovered)}  # fmt: skip

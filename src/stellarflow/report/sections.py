@@ -284,13 +284,22 @@ def elements_section(contents: RunContents, page_dir: Path, embed: bool) -> Sect
                   else condition)]  # fmt: skip
         parts.append(definition_list(items))
     parts.append(table_html(table, table_id="elements"))
-    greedy = folder / "greedy.ecsv"
-    if greedy.is_file():
+    greedy_path = folder / "greedy.ecsv"
+    greedy = Table.read(greedy_path, format="ascii.ecsv") if greedy_path.is_file() else None
+    if greedy is not None:
         parts.append("<h3>Greedy conditioning set</h3>")
-        parts.append(table_html(Table.read(greedy, format="ascii.ecsv"), table_id="greedy"))
+        parts.append(table_html(greedy, table_id="greedy"))
     parts += [figure(p, page_dir, p.stem.replace("_", " "), embed=embed) for p in _pngs(folder)]
     if _truth(contents, "labels") is not None:
+        found: list[tuple[str, object]] = []
+        if greedy is not None:
+            key = answer_key.greedy_processes(greedy)
+            pairs = zip(key["added"], key["processes_added"], strict=True)
+            carried = [f"{e} ({p or 'no extra process'})" for e, p in pairs]
+            found = [("greedy added", ", ".join(carried) or "nothing"),
+                     ("one element per extra process", key["recovered"])]  # fmt: skip
         parts.append(_key_box("processes of the mock", [
+            *found,
             ("processes", ", ".join(answer_key.PROCESSES)),
             ("expected answer", "four processes: FE_H and MG_FE trace cc and ia; the AGB "
              "(Ce, Nd) and odd-Z (Na, Al, K, Cu) processes need one more element each; "
