@@ -96,7 +96,8 @@ def _intrinsic_std(model, point: dict[str, float]) -> np.ndarray:
     factors = model.covariance(context, n_samples=8192)
     loading = factors.loading[0].double()
     var = ((loading @ factors.latent_cov[0].double()) * loading).sum(-1)
-    return (var + factors.intrinsic_var.double()).sqrt().numpy()
+    tau2 = factors.intrinsic_var.double().reshape(-1, var.shape[-1])[0]  # label-dependent: (1, p)
+    return (var + tau2).sqrt().numpy()
 
 
 def _scatter_ratio(ratio: np.ndarray) -> dict[str, float]:
