@@ -63,15 +63,19 @@ window.addEventListener('load', () => {
 
 
 def cell_text(value: object, digits: int = 4) -> str:
-    """A table cell's text: floats to ``digits`` significant figures, NaN as an empty cell."""
+    """A table cell's text: floats to ``digits`` significant figures (two decimals between
+    1e3 and 1e7, so that wavelengths in Å keep their precision), NaN as an empty cell."""
     if value is np.ma.masked:
         return ""
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, (float, np.floating)):
-        if not math.isfinite(float(value)):
-            return "" if math.isnan(float(value)) else str(float(value))
-        return f"{float(value):.{digits}g}"
+        number = float(value)
+        if not math.isfinite(number):
+            return "" if math.isnan(number) else str(number)
+        if 1e3 <= abs(number) < 1e7:  # wavelengths, temperatures: keep the decimals
+            return f"{number:.2f}"
+        return f"{number:.{digits}g}"
     if isinstance(value, np.bool_):
         return str(bool(value))
     return str(value)

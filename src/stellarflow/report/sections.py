@@ -265,9 +265,15 @@ def lines_section(contents: RunContents, page_dir: Path, embed: bool) -> Section
 
 
 def _wavelength_range(contents: RunContents) -> tuple[float, float] | None:
+    """The model's grid ends (else the survey's), vacuum Å."""
     if contents.model_dir is not None and (contents.model_dir / "wavelength.npy").is_file():
         wavelength = np.load(contents.model_dir / "wavelength.npy")
         return float(wavelength[0]), float(wavelength[-1])
+    if contents.survey is not None:
+        from stellarflow.io.hdf5 import open_survey
+
+        with open_survey(contents.survey) as survey:
+            return float(survey.wavelength[0]), float(survey.wavelength[-1])
     return None
 
 
