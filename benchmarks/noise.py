@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         help="epochs of the label-errors model, started from the aware model",
     )
     parser.add_argument(
+        "--no-naive",
+        action="store_true",
+        help="skip the noise-ignorant model (when it is already measured in another run)",
+    )
+    parser.add_argument(
         "--label-errors",
         action="store_true",
         help="also train the aware model with the labels' own errors (<LABEL>_ERR columns)",
@@ -214,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         aware_dir = args.reuse / name if args.reuse else None
         if aware_dir is None or not (aware_dir / "model.pt").exists():
             aware_dir = _train(train, spec, work / name, args)
-        naive_dir = args.reuse / f"{name}_naive" if args.reuse else None
-        if naive_dir is None or not (naive_dir / "model.pt").exists():
-            naive_dir = _train(_naive(train), spec, work / f"{name}_naive", args)
-        variants = [("aware", aware_dir), ("naive", naive_dir)]
+        variants = [("aware", aware_dir)]
+        if not args.no_naive:
+            naive_dir = args.reuse / f"{name}_naive" if args.reuse else None
+            if naive_dir is None or not (naive_dir / "model.pt").exists():
+                naive_dir = _train(_naive(train), spec, work / f"{name}_naive", args)
+            variants.append(("naive", naive_dir))
         if args.label_errors:
             # label errors add no parameters: fine-tune the aware model with them
             labels_dir = _train(

@@ -308,7 +308,8 @@ def elements_section(contents: RunContents, page_dir: Path, embed: bool) -> Sect
             *found,
             ("processes", ", ".join(answer_key.PROCESSES)),
             ("expected answer", "four processes: FE_H and MG_FE trace cc and ia; the AGB "
-             "(Ce, Nd) and odd-Z (Na, Al, K, Cu) processes need one more element each; "
-             "independent per-element scatter remains"),
+             "(Ce, Nd; also C, N) and odd-Z (Na, Al, K, Cu) processes need one more element "
+             "each; independent per-element scatter remains. In a survey catalogue the "
+             "surface C and N also carry mass-dependent mixing, a fifth dimension"),
         ], answer_key.process_table()))  # fmt: skip
     return "elements", "How many elements", "\n".join(parts)
