@@ -107,14 +107,17 @@ def fit_abundance_flow(
         The flow (at its best validation epoch) wrapped as a mean model.
     """
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     y = torch.as_tensor(targets, dtype=dtype)
     c = torch.as_tensor(conditions, dtype=dtype)
     n = y.shape[0]
     order = torch.randperm(n, generator=generator)
     n_val = max(1, int(validation_fraction * n))
     val, train = order[:n_val], order[n_val:]
-    flow = AbundanceFlow(y.shape[1], c.shape[1], transforms=transforms, hidden=hidden).to(dtype)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(seed)
+        flow = AbundanceFlow(y.shape[1], c.shape[1], transforms=transforms, hidden=hidden)
+    flow = flow.to(dtype)
     flow.set_standardisation(y[train], c[train])
     optimiser = torch.optim.Adam(flow.parameters(), lr=learning_rate)
     best, best_state, bad, epochs = -np.inf, None, 0, 0
