@@ -37,6 +37,7 @@ detected by it, while the baselines rank them.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import tempfile
 import time
@@ -112,7 +113,7 @@ def isolation_forest(train_coef: np.ndarray, test_coef: np.ndarray, seed: int) -
 
 def train(survey_path: Path, n_train: int, kind: str, out: Path, args) -> float:
     """Train ``kind`` on the first ``n_train`` stars; return seconds."""
-    options = {"n_latent": args.n_latent} if kind != "cannon" else {}
+    options = {"n_latent": args.n_latent, **dict(args.option)} if kind != "cannon" else {}
     config = TrainConfig(
         label_names=LABELS,
         model=kind,
@@ -213,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outlier-fraction", type=float, default=0.005)
     parser.add_argument("--model-kind", default="factor_analysis")
     parser.add_argument("--n-latent", type=int, default=8)
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        type=lambda text: (text.partition("=")[0], json.loads(text.partition("=")[2])),
+        help="more model options, KEY=JSON_VALUE (repeatable), e.g. label_dependent_variance=true",
+    )
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--time-limit", type=float, default=3.0, help="minutes per model")
     parser.add_argument("--pca-components", type=int, default=20)
