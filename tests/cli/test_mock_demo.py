@@ -170,6 +170,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys, monkeypatch) -> None:
     for anchor in ("overview", "survey", "model", "scores", "outliers", "lines", "elements"):
         assert f'<section id="{anchor}">' in page
     assert "stellarflow -q demo --out" in page and "Answer key: injected outliers" in page
+    assert "<dd>latent_flow (label_dependent_variance=True)</dd>" in page
     sources = re.findall(r'<img src="([^"]+)"', page)
     # 2 mock figures, curve, samples, score distribution, 12 gallery, 3 hidden-line figures,
     # 4 element figures

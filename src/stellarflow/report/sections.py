@@ -145,8 +145,11 @@ def model_section(contents: RunContents, page_dir: Path, embed: bool) -> Section
     config_path = contents.model_dir / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     history = metadata.get("history", [])
+    train = config.get("train", {})
+    options = ", ".join(f"{k}={v}" for k, v in train.get("model_options", {}).items())
+    kind = str(train.get("model", ""))
     items: list[tuple[str, object]] = [
-        ("model", config.get("model", "")),
+        ("model", f"{kind} ({options})" if options else kind),
         ("conditioned on", ", ".join(metadata.get("label_names", []))),
         ("pixels", metadata.get("n_pixels", "")),
         ("parameters", metadata.get("n_parameters", "")),
