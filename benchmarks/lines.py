@@ -143,11 +143,17 @@ def main() -> None:
     parser.add_argument(
         "--cache", action="store_true", help="keep / reuse the model correlation in the work dir"
     )
+    parser.add_argument(
+        "--box",
+        default=None,
+        help="draw the model's labels uniformly in point +- these half-widths, e.g. FE_H=0.05",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     thresholds = [float(t) for t in args.thresholds.split(",")]
     modes = args.modes.split(",")
     point = parse_label_point(args.point)
+    box = parse_label_point(args.box) if args.box else None
     args.work.mkdir(parents=True, exist_ok=True)
     survey_path = args.survey
     if survey_path is None:
@@ -176,13 +182,15 @@ def main() -> None:
         base_corr = empirical_correlation(stars, point)
         base_time = time.perf_counter() - started
         del stars
-        cache = model_dir / f"lines_correlation_{args.n_samples}_{args.seed}_{args.point}.h5"
+        cache = model_dir / (
+            f"lines_correlation_{args.n_samples}_{args.seed}_{args.point}_{args.box or ''}.h5"
+        )
         started = time.perf_counter()
         if args.cache and cache.exists():
             corr = read_correlation(cache)
             t_corr = float("nan")  # cached: see the run that wrote it
         else:
-            corr = model_correlation(trained, point, args.n_samples, seed=args.seed)
+            corr = model_correlation(trained, point, args.n_samples, box=box, seed=args.seed)
             t_corr = time.perf_counter() - started
             if args.cache:
                 write_correlation(cache, corr, overwrite=True, sampling_noise=False)
