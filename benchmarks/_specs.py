@@ -1,8 +1,11 @@
-"""Model specs of the benchmark scripts: ``kind[:opt=value;opt=value]``."""
+"""Shared by the benchmark scripts: model specs ``kind[:opt=value;opt=value]``, training."""
 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
+from typing import Any
 
 
 def model_options(spec: str) -> tuple[str, dict]:
@@ -22,3 +25,36 @@ def model_options(spec: str) -> tuple[str, dict]:
 def directory_name(spec: str) -> str:
     """A file-system-safe directory name for a spec."""
     return spec.replace(":", "_").replace(";", "_").replace("=", "").replace("/", "-")
+
+
+def train_on_first(
+    survey_path: Path,
+    n_stars: int,
+    kind: str,
+    options: dict[str, Any],
+    out: Path,
+    *,
+    epochs: int,
+    time_limit: float,
+    seed: int,
+    labels: tuple[str, ...] = ("TEFF", "LOGG", "FE_H"),
+) -> float:
+    """Train ``kind`` on the survey's first ``n_stars`` stars (CPU, batch 256); seconds taken."""
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.train.config import TrainConfig
+    from stellarflow.train.loop import train_model
+
+    config = TrainConfig(
+        label_names=labels,
+        model=kind,
+        model_options=options,
+        epochs=epochs,
+        batch_size=256,
+        time_limit=time_limit,
+        seed=seed,
+        device="cpu",
+    )
+    started = time.perf_counter()
+    with open_survey(survey_path) as survey:
+        train_model(survey.read(0, n_stars), config, out, overwrite=True)
+    return time.perf_counter() - started

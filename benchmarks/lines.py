@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from _specs import directory_name, model_options
+from _specs import directory_name, model_options, train_on_first
 
 from stellarflow.analysis.correlation import read_correlation, write_correlation
 from stellarflow.analysis.lines import empirical_correlation, find_lines, model_correlation
@@ -45,8 +45,6 @@ from stellarflow.analysis.sampling import parse_label_point
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
 from stellarflow.train.checkpoint import load_model
-from stellarflow.train.config import TrainConfig
-from stellarflow.train.loop import train_model
 
 LABELS = ("TEFF", "LOGG", "FE_H")
 RESOLUTION = 22_500.0
@@ -93,20 +91,8 @@ def match(features, withheld, eligible: np.ndarray) -> dict:
 
 def train(survey_path: Path, n: int, spec: str, out: Path, args) -> float:
     kind, options = model_options(spec)
-    config = TrainConfig(
-        label_names=LABELS,
-        model=kind,
-        model_options=options,
-        epochs=args.epochs,
-        batch_size=256,
-        time_limit=args.time_limit,
-        seed=args.seed,
-        device="cpu",
-    )
-    started = time.perf_counter()
-    with open_survey(survey_path) as survey:
-        train_model(survey.read(0, n), config, out, overwrite=True)
-    return time.perf_counter() - started
+    return train_on_first(survey_path, n, kind, options, out, epochs=args.epochs,
+                          time_limit=args.time_limit, seed=args.seed, labels=LABELS)  # fmt: skip
 
 
 def report(name: str, search_by_threshold: dict, withheld, eligible) -> None:

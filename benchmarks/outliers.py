@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _specs import train_on_first
 from scipy import stats
 
 from stellarflow.analysis.calibrate import calibrate_log_prob
@@ -58,8 +59,6 @@ from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
 from stellarflow.mock.outliers import dominant_elements
 from stellarflow.train.checkpoint import load_model
-from stellarflow.train.config import TrainConfig
-from stellarflow.train.loop import train_model
 
 LABELS = ("TEFF", "LOGG", "FE_H")
 EXPECTATIONS = ("latent_fit", "labels")
@@ -114,20 +113,8 @@ def isolation_forest(train_coef: np.ndarray, test_coef: np.ndarray, seed: int) -
 def train(survey_path: Path, n_train: int, kind: str, out: Path, args) -> float:
     """Train ``kind`` on the first ``n_train`` stars; return seconds."""
     options = {"n_latent": args.n_latent, **dict(args.option)} if kind != "cannon" else {}
-    config = TrainConfig(
-        label_names=LABELS,
-        model=kind,
-        model_options=options,
-        epochs=args.epochs,
-        batch_size=256,
-        time_limit=args.time_limit,
-        seed=args.seed,
-        device="cpu",
-    )
-    started = time.perf_counter()
-    with open_survey(survey_path) as survey:
-        train_model(survey.read(0, n_train), config, out, overwrite=True)
-    return time.perf_counter() - started
+    return train_on_first(survey_path, n_train, kind, options, out, epochs=args.epochs,
+                          time_limit=args.time_limit, seed=args.seed, labels=LABELS)  # fmt: skip
 
 
 def attribution(
