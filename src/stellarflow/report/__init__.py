@@ -122,7 +122,7 @@ def render_report(
                        f"{message}</p>")  # fmt: skip
         if section is not None:
             parts.append(section)
-    mock = contents.survey is not None and sections._truth(contents, "labels") is not None
+    mock = contents.survey is not None and sections.truth_table(contents, "labels") is not None
     intro = (
         "<p>What stellarflow found in this run, stage by stage. "
         + ("The survey is a mock with known truth: each stage shows its answer key beside "

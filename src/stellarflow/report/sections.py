@@ -19,7 +19,7 @@ from stellarflow.plot.outliers import format_one_in
 from stellarflow.report import answer_key
 from stellarflow.report.markup import definition_list, figure, table_html
 
-__all__ = ["RunContents", "Section"]
+__all__ = ["RunContents", "Section", "truth_table"]
 
 Section = tuple[str, str, str]
 """``(anchor, title, html)`` of one report section."""
@@ -61,7 +61,7 @@ def _pngs(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.png"))
 
 
-def _truth(contents: RunContents, name: str) -> Table | None:
+def truth_table(contents: RunContents, name: str) -> Table | None:
     """A ``truth/<name>`` table of the run's survey, if it is a mock."""
     if contents.survey is None:
         return None
@@ -217,7 +217,7 @@ def outliers_section(contents: RunContents, page_dir: Path, embed: bool) -> Sect
     if len(table) > len(shown):
         parts.append(f'<p class="muted">top {len(shown)} of {len(table)} stars; all in '
                      f"{html.escape(folder.name)}/outliers.ecsv</p>")  # fmt: skip
-    truth = _truth(contents, "labels")
+    truth = truth_table(contents, "labels")
     if truth is not None and "outlier_kind" in truth.colnames:
         summary, per_kind = answer_key.outlier_recovery(table, truth)
         parts.append(_key_box("injected outliers", [
@@ -250,7 +250,7 @@ def lines_section(contents: RunContents, page_dir: Path, embed: bool) -> Section
         new_first = np.argsort(known, kind="stable")
         table = table[new_first]
     parts.append(table_html(table, max_rows=60, table_id="candidates"))
-    truth = _truth(contents, "linelist")
+    truth = truth_table(contents, "linelist")
     if truth is not None and "withheld" in truth.colnames and known is not None:
         grid = _wavelength_range(contents)
         if grid is not None:
@@ -299,7 +299,7 @@ def elements_section(contents: RunContents, page_dir: Path, embed: bool) -> Sect
         parts.append("<h3>Greedy conditioning set</h3>")
         parts.append(table_html(greedy, table_id="greedy"))
     parts += [figure(p, page_dir, p.stem.replace("_", " "), embed=embed) for p in _pngs(folder)]
-    if _truth(contents, "labels") is not None:
+    if truth_table(contents, "labels") is not None:
         found: list[tuple[str, object]] = []
         if greedy is not None:
             key = answer_key.greedy_processes(greedy)
