@@ -268,15 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.array([by_id[s] for s in ids])  # table rows in survey order
     flag = np.asarray(table["flag"])[rows]
     usable = flag != "too_few_pixels"
-    ours = np.where(flag == "", -np.asarray(table["log_p_tail"])[rows], -np.inf)
+    ours = np.where(flag == "", -np.asarray(table["log_p_combined"])[rows], -np.inf)
+    omnibus = np.where(flag == "", -np.asarray(table["log_p_tail"])[rows], -np.inf)
+    element = np.where(flag == "", -np.asarray(table["log_p_element"])[rows], -np.inf)
 
     recal = recalibrate_by_neighbours(table, LABELS)
     by_id_recal = {s: i for i, s in enumerate(recal["star_id"])}
     rows_recal = np.array([by_id_recal[s] for s in ids])
-    ours_recal = np.where(flag == "", -np.asarray(recal["log_p_tail"])[rows_recal], -np.inf)
+    ours_recal = np.where(flag == "", -np.asarray(recal["log_p_combined"])[rows_recal], -np.inf)
+    omnibus_recal = np.where(flag == "", -np.asarray(recal["log_p_tail"])[rows_recal], -np.inf)
+    name = f"stellarflow ({args.model_kind})"
     scores = {
-        f"stellarflow ({args.model_kind})": ours,
-        f"stellarflow ({args.model_kind}) + neighbour recal.": ours_recal,
+        f"{name}, combined (default rank)": ours,
+        f"{name}, combined + neighbour recal.": ours_recal,
+        f"{name}, whole spectrum (p_tail)": omnibus,
+        f"{name}, whole spectrum + neighbour recal.": omnibus_recal,
+        f"{name}, strongest element (p_element)": element,
     }
     pca = pca_scores(train_set, test, args.pca_components)
     forest = isolation_forest(pca["_train_coefficients"], pca["_coefficients"], args.seed)

@@ -73,10 +73,14 @@ def test_columns_sorting_and_ranks(setup) -> None:
     n = int(ranked.sum())
     assert n > 0.9 * len(table) and not np.any(ranked[n:])  # ranked first
     np.testing.assert_array_equal(table["rank"][:n], np.arange(1, n + 1))
-    assert np.all(np.diff(table["log_p_tail"][:n]) >= 0)
+    assert table.meta["rank_by"] == "combined"
+    assert np.all(np.diff(table["log_p_combined"][:n]) >= 0)
     np.testing.assert_allclose(table["one_in"][:n] * table["p_tail"][:n], 1.0, rtol=1e-9)
     assert np.all((table["p_tail"][:n] > 0) & (table["p_tail"][:n] <= 1))
-    assert np.all(np.diff(table["z"][:n]) <= 1e-9)
+    # the Bonferroni combination of the whole-spectrum and strongest-element tests
+    expected = np.minimum(1.0, 2 * np.minimum(table["p_tail"][:n], table["p_element"][:n]))
+    np.testing.assert_allclose(table["p_combined"][:n], expected, rtol=1e-12)
+    assert np.all(np.asarray(table["p_element"][:n]) <= 1.0)
     assert set(table["flag"]) <= set(FLAGS)
     assert table["log_prob"].unit == "nat"
     assert table.meta["calibration"] == "exact-chi2"
@@ -190,7 +194,7 @@ def test_neighbour_recalibration(setup) -> None:
     assert recal.meta["recalibration"].startswith("neighbours(k=40")
     n = int(np.sum(recal["flag"] == ""))
     np.testing.assert_array_equal(recal["rank"][:n], np.arange(1, n + 1))
-    assert np.all(np.diff(recal["log_p_tail"][:n]) >= 0)
+    assert np.all(np.diff(recal["log_p_combined"][:n]) >= 0)
     z = np.asarray(recal["z"][:n])
     mad = 1.4826 * np.median(np.abs(z - np.median(z)))
     assert abs(np.median(z)) < 0.2 and 0.8 < mad < 1.25  # standardised within neighbourhoods
@@ -199,3 +203,22 @@ def test_neighbour_recalibration(setup) -> None:
     assert all(model_z[s] == v for s, v in zip(recal["star_id"], recal["z_model"], strict=True))
     with pytest.raises(DataValidationError, match="recalibrate must be one of"):
         find_outliers(setup[0], data, recalibrate="empirical")
+
+
+def test_omnibus_ranking_and_no_line_list(setup) -> None:
+    trained, data, _, table = setup
+    omnibus = find_outliers(trained, data, linelist=None, rank_by="omnibus")
+    n = int(np.sum(omnibus["flag"] == ""))
+    assert omnibus.meta["rank_by"] == "omnibus"
+    assert np.all(np.diff(omnibus["log_p_tail"][:n]) >= 0)
+    # no line list: no element test, and the combination is the whole-spectrum test itself
+    assert np.all(np.isnan(omnibus["log_p_element"]))
+    np.testing.assert_array_equal(omnibus["log_p_combined"][:n], omnibus["log_p_tail"][:n])
+    # the same stars and scores whatever the ranking
+    by_id = dict(zip(table["star_id"], table["log_p_tail"], strict=True))
+    assert all(
+        by_id[s] == v for s, v in zip(omnibus["star_id"], omnibus["log_p_tail"], strict=True)
+        if np.isfinite(v)
+    )
+    with pytest.raises(DataValidationError, match="rank_by must be one of"):
+        find_outliers(trained, data, rank_by="element")

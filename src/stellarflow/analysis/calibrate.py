@@ -23,7 +23,12 @@ with the star's noise and mask and scored with the same estimator. Their
 :math:`T = -2 \log p` is fitted by :math:`\alpha + \chi^2_n` (the :math:`\chi^2` shape of the
 model's Gaussian part, which dominates over :math:`n \sim 10^3\text{-}10^4` pixels, shifted by
 the offset the flow prior and the estimator introduce); :math:`\alpha` is the only fitted
-constant (standard error :math:`\sqrt{2n / n_{reference}}` in :math:`T`). Tail probabilities
+constant. It is estimated with a control variate: each draw's :math:`q`, the
+:math:`\chi^2` of its part independent of the latent vector (intrinsic scatter and noise,
+exactly :math:`\chi^2_n`), has a known mean n, so :math:`\alpha = \overline{T - q}`, whose
+standard error (``offset_error``, per star) is that of the latent part, about
+:math:`\sqrt{2k / n_{reference}}` instead of :math:`\sqrt{2n / n_{reference}}`. Draws are
+scored a few at a time, so memory does not grow with ``n_reference``. Tail probabilities
 below :math:`1/n_{reference}` are therefore an *extrapolation along the* :math:`\chi^2_n`
 *shape*, not counted from samples (``method = "reference-chi2"``). ``spread_ratio`` =
 Var[T] / 2n of the reference draws checks the shape: about 1 when the fit is adequate.
@@ -34,7 +39,9 @@ The score ``z`` is the standard-normal deviate of the tail probability
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +49,12 @@ from scipy import special, stats
 
 from stellarflow.flows.base import SpectralModel, star_chunks
 
-__all__ = ["CalibratedScores", "calibrate_log_prob"]
+__all__ = ["CalibratedScores", "calibrate_log_prob", "combine_tails", "strongest_tail"]
 
 METHODS = ("exact-chi2", "reference-chi2")
+
+_REFERENCE_BUDGET = 1 << 22
+"""Flux values of reference draws scored at once (bounds the memory of a flow prior)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,9 @@ class CalibratedScores:
             improbable, for a star with these labels and this noise.
         z: its standard-normal deviate; larger = more improbable, 0 = typical.
         spread_ratio: Var[-2 log p] / 2 dof of the reference draws (NaN when exact).
+        offset_error: standard error of the fitted offset :math:`\\alpha` in
+            :math:`\\chi^2` units (NaN when exact); its share of the uncertainty of z is
+            about ``offset_error / sqrt(2 dof)`` standard deviations near the centre.
         method: "exact-chi2" or "reference-chi2" (module docstring).
         n_reference: reference draws per star (0 when exact).
     """
@@ -70,6 +83,7 @@ class CalibratedScores:
     log_p_tail: np.ndarray
     z: np.ndarray
     spread_ratio: np.ndarray
+    offset_error: np.ndarray
     method: str
     n_reference: int
 
@@ -138,8 +152,8 @@ def _chunk_scores(
     context_err: torch.Tensor | None,
     n_reference: int,
     generator: torch.Generator | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    """log_prob, chi2, dof, spread_ratio and the method, for one chunk of stars."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """log_prob, chi2, dof, spread_ratio, offset_error and the method, for one chunk."""
     extra = {} if context_err is None else {"context_err": context_err}
     dist = model(context, ivar=ivar, generator=generator, **extra)
     log_prob = dist.log_prob(flux).double()
@@ -149,11 +163,14 @@ def _chunk_scores(
         at_mean = dist.log_prob(dist.mean).double()
         chi2 = 2.0 * (at_mean - log_prob)
         spread = torch.full_like(chi2, float("nan"))
+        offset_error = spread
         method = METHODS[0]
     else:
-        draws = dist.sample((n_reference,), generator=generator)
-        reference = -2.0 * dist.log_prob(draws).double()  # (n_reference, n_stars)
-        alpha = reference.mean(0) - dof
+        reference, independent = _reference_draws(dist, n_reference, flux.numel(), generator)
+        # alpha = E[T] - n; T - q has the same mean minus n and a far smaller variance
+        offset = reference - independent
+        alpha = offset.mean(0)
+        offset_error = offset.std(0) / math.sqrt(n_reference)
         chi2 = -2.0 * log_prob - alpha
         spread = reference.var(0) / (2.0 * dof.clamp(min=1))
         method = METHODS[1]
@@ -162,8 +179,27 @@ def _chunk_scores(
         chi2.cpu().numpy(),
         dof.cpu().numpy(),
         spread.cpu().numpy(),
+        offset_error.cpu().numpy(),
         method,
     )
+
+
+def _reference_draws(
+    dist: Any, n_reference: int, chunk_numel: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``T = -2 log p`` of reference draws `(n_reference, n_stars)` and the chi2 of their part
+    independent of the latent vector (the control variate; its exact mean is the dof).
+
+    Draws are scored a few at a time: at most :data:`_REFERENCE_BUDGET` flux values at once.
+    """
+    per_group = max(1, min(n_reference, _REFERENCE_BUDGET // max(chunk_numel, 1)))
+    totals, independents = [], []
+    for start in range(0, n_reference, per_group):
+        size = min(per_group, n_reference - start)
+        draws, independent = dist.sample_with_chi2((size,), generator=generator)
+        totals.append(-2.0 * dist.log_prob(draws).double())
+        independents.append(independent.double())
+    return torch.cat(totals), torch.cat(independents)
 
 
 def calibrate_log_prob(
@@ -173,7 +209,7 @@ def calibrate_log_prob(
     context: np.ndarray | None,
     *,
     context_err: np.ndarray | None = None,
-    n_reference: int = 32,
+    n_reference: int = 16,
     chunk_size: int = 256,
     seed: int = 0,
 ) -> CalibratedScores:
@@ -228,9 +264,9 @@ def calibrate_log_prob(
             )
         )
     columns = list(zip(*parts, strict=True))
-    log_prob, chi2, dof, spread = (np.concatenate(c) for c in columns[:4])
+    log_prob, chi2, dof, spread, offset_error = (np.concatenate(c) for c in columns[:5])
     log_p_tail, z = tail_from_chi2(chi2, dof)
-    exact = columns[4][0] == METHODS[0]  # one model: the same method for every chunk
+    exact = columns[5][0] == METHODS[0]  # one model: the same method for every chunk
     return CalibratedScores(
         log_prob=log_prob,
         chi2=chi2,
@@ -238,6 +274,52 @@ def calibrate_log_prob(
         log_p_tail=log_p_tail,
         z=z,
         spread_ratio=spread,
+        offset_error=offset_error,
         method=METHODS[0] if exact else METHODS[1],
         n_reference=0 if exact else n_reference,
     )
+
+
+def strongest_tail(evidence: np.ndarray) -> np.ndarray:
+    r"""log of the tail probability of each star's strongest evidence, over all its tests.
+
+    For :math:`E` statistics each N(0, 1) under the model (per-element evidence, any
+    correlation between them), the probability that the largest :math:`|Z_e|` reaches the
+    observed :math:`m = \max_e |z_e|` is at most :math:`2E\,\Phi(-m)` (Bonferroni): an
+    *upper bound*, close to exact in the far tail for weakly correlated tests and
+    conservative by up to a factor E for strongly correlated ones, so inlier values are not
+    uniform (they pile up at 1). Statistics that are exactly 0 (an element without usable
+    pixels) are not counted as tests.
+
+    Args:
+        evidence: `(n_stars, n_tests)` z-scores.
+
+    Returns:
+        `(n_stars,)` natural-log upper bounds, <= 0 (0 for a star without any test).
+    """
+    z = np.asarray(evidence, dtype=np.float64)
+    active = np.isfinite(z) & (z != 0.0)
+    n_tests = active.sum(axis=1)
+    strongest = np.abs(np.where(active, z, 0.0)).max(axis=1, initial=0.0)
+    log_p = np.log(2.0 * np.maximum(n_tests, 1)) + special.log_ndtr(-strongest)
+    return np.where(n_tests > 0, np.minimum(log_p, 0.0), 0.0)
+
+
+def combine_tails(log_p_tail: np.ndarray, log_p_other: np.ndarray) -> np.ndarray:
+    r"""log of the Bonferroni combination :math:`\min(1, 2 \min(p_1, p_2))` of two tests.
+
+    An upper bound on the probability under the model that *either* test is at least as
+    extreme as observed. Where ``log_p_other`` is NaN (no second test) the first is returned
+    unchanged; NaN in ``log_p_tail`` (a star not scored) stays NaN.
+
+    Args:
+        log_p_tail: `(n,)` natural-log tail probabilities of the first test.
+        log_p_other: `(n,)` those of the second, NaN where it does not exist.
+
+    Returns:
+        `(n,)` natural-log combined tail probabilities.
+    """
+    first = np.asarray(log_p_tail, dtype=np.float64)
+    other = np.asarray(log_p_other, dtype=np.float64)
+    both = np.minimum(np.log(2.0) + np.fmin(first, other), 0.0)
+    return np.where(np.isnan(other) | np.isnan(first), first, both)

@@ -13,11 +13,25 @@ beyond one row of results per star):
    same labels, noise and mask is at least this improbable under the model, exact for the
    Gaussian families, a reference-draw fit along the :math:`\chi^2_n` shape for a flow prior
    (the only way below 1/``n_reference``; see that module). ``one_in = 1 / p_tail``;
-   ``z`` is its standard-normal deviate. Ranking is by ``log_p_tail`` (ascending), which
-   stays finite where ``p_tail`` underflows.
+   ``z`` is its standard-normal deviate.
 3. **Explanation** (:mod:`stellarflow.analysis.explain`): the whitened residual against the
    model's expectation, per-element matched-filter evidence over the line list with a
    direction, and features that match no known line.
+4. **Ranking.** ``p_tail`` is an omnibus test: every pixel's surprise counts, so a few
+   anomalous lines are diluted by thousands of ordinary pixels (their excess
+   :math:`\chi^2` must beat the :math:`\sqrt{2n}` spread of the sum). A chemically
+   peculiar star differs in the lines of one or a few elements, where the per-element
+   evidence is a one-degree-of-freedom test that sees it directly. ``p_element`` turns the
+   strongest element's evidence into a tail probability under the model (Bonferroni over
+   the elements: :func:`~stellarflow.analysis.calibrate.strongest_tail`, an upper bound),
+   and ``p_combined`` = min(1, 2 min(``p_tail``, ``p_element``)) is an upper bound on the
+   chance that either test is this extreme. ``rank_by="combined"`` (default) orders by it;
+   ``"omnibus"`` by ``p_tail`` alone. Both stay finite in log space where the
+   probabilities underflow. ``one_in`` stays ``1 / p_tail``. On the mock (1,024 pixels,
+   factor analysis k = 16 with label-dependent scatter, 43 injected outliers among 10,000
+   stars; BENCHMARKS.md) the combined ranking lifts the AUC from 0.976 to 0.996, and the
+   Ce-, Na- and Nd-rich stars are then all in the top k; the omnibus test is still what
+   finds Mg-poor/Al-rich stars (Al has no lines in that window).
 
 The model's calibration is only as good as the model: on the mock, factor analysis misfits
 the metal-poor tail and the coolest giants, whose normal stars then reach z ~ 30 and crowd
@@ -66,7 +80,7 @@ import numpy as np
 import torch
 from astropy.table import MaskedColumn, Table
 
-from stellarflow.analysis.calibrate import calibrate_log_prob
+from stellarflow.analysis.calibrate import calibrate_log_prob, combine_tails, strongest_tail
 from stellarflow.analysis.explain import (
     ElementProfiles,
     element_evidence,
@@ -87,6 +101,7 @@ from stellarflow.train.distributed import Distributed
 __all__ = [
     "EXPECTATIONS",
     "FLAGS",
+    "RANKINGS",
     "Expectation",
     "StarExplanation",
     "conditional_band",
@@ -106,6 +121,9 @@ EXPECTATIONS = ("latent_fit", "labels")
 
 RECALIBRATIONS = ("none", "neighbours")
 """How ``p_tail`` is calibrated: under the model, or among similar survey stars."""
+
+RANKINGS = ("combined", "omnibus")
+"""What ``rank`` orders by: ``p_combined`` (default) or ``p_tail`` alone."""
 
 _MAX_UNEXPLAINED_LISTED = 5
 
@@ -351,7 +369,11 @@ def _chunk_columns(
     cols: dict[str, np.ndarray] = {
         name: np.full(n, np.nan) for name in ("log_prob", "chi2", "log_p_tail", "z")
     }
-    cols.update(spread_ratio=np.full(n, np.nan), dof=np.zeros(n, dtype=np.int64))
+    cols.update(
+        spread_ratio=np.full(n, np.nan),
+        dof=np.zeros(n, dtype=np.int64),
+        log_p_element=np.full(n, np.nan),
+    )
     elements = () if profiles is None else profiles.elements
     evidence = np.zeros((n, len(elements)))
     n_unexplained = np.zeros(n, dtype=np.int64)
@@ -392,6 +414,8 @@ def _chunk_columns(
             profiles,
             settings.resolution,
         )
+        if profiles is not None:
+            cols["log_p_element"][rows] = strongest_tail(evidence[rows])
         n_unexplained[rows] = [f.size for f in features]
         where_unexplained[rows] = [
             " ".join(f"{w:.2f}" for w in f[:_MAX_UNEXPLAINED_LISTED]) for f in features
@@ -454,13 +478,14 @@ def find_outliers(
     *,
     linelist: Table | None = None,
     labels: Table | None = None,
-    n_reference: int = 32,
+    n_reference: int = 16,
     chunk_size: int = 256,
     min_good_fraction: float = 0.2,
     expectation: str = "labels",
     resolution: float = 22_500.0,
     seed: int = 0,
     recalibrate: str = "none",
+    rank_by: str = "combined",
     progress: bool | Callable[[int], None] = False,
     parts: str | Path | None = None,
     dist: Distributed | None = None,
@@ -485,6 +510,8 @@ def find_outliers(
             a given ``chunk_size``).
         recalibrate: "none" (``p_tail`` under the model) or "neighbours" (empirical, among
             survey stars with similar labels and S/N: :func:`recalibrate_by_neighbours`).
+        rank_by: "combined" (``p_combined``: the spectrum as a whole or its strongest
+            element, whichever is more surprising) or "omnibus" (``p_tail`` alone).
         progress: show a progress bar (True) or call ``progress(n_done)`` per chunk.
         parts: folder of per-chunk part files: makes the scoring resumable and lets the
             processes of a ``torchrun`` job share it
@@ -497,7 +524,11 @@ def find_outliers(
         order: ``rank`` (1 = most improbable; masked when flagged), ``star_id``, the model's
         label columns, ``flag`` (:data:`FLAGS`), ``log_prob`` (nats), ``chi2``, ``dof``,
         ``log_p_tail`` (natural log), ``p_tail``, ``one_in`` (1 / p_tail, inf where p_tail
-        underflows), ``z``, ``z_model`` (the model's z, before any recalibration),
+        underflows), ``log_p_element`` and ``p_element`` (the strongest element's evidence
+        as a tail probability, a Bonferroni upper bound; NaN without a line list),
+        ``log_p_combined`` and ``p_combined`` (min(1, 2 min(``p_tail``,
+        ``p_element``)), an upper bound; what ``rank`` orders by by default), ``z``,
+        ``z_model`` (the model's z, before any recalibration),
         ``spread_ratio``, ``snr`` (median S/N per usable pixel), ``supported``, ``support_ratio``,
         ``n_good_pixels``, ``top_element``, ``top_element_direction`` ("enhanced" /
         "depleted"), ``top_evidence`` (signed z-score), ``element_summary`` (the three
@@ -515,6 +546,8 @@ def find_outliers(
         raise DataValidationError(
             f"recalibrate must be one of {RECALIBRATIONS}, got {recalibrate!r}"
         )
+    if rank_by not in RANKINGS:
+        raise DataValidationError(f"rank_by must be one of {RANKINGS}, got {rank_by!r}")
     reader, profiles, origin = _prepare(trained, source, linelist, labels, expectation, resolution)
     settings = _Settings(n_reference, min_good_fraction, expectation, resolution, seed)
     manifest = {
@@ -538,7 +571,7 @@ def find_outliers(
         desc="outliers",
     )
     star_id = np.asarray(source.labels[ID_COLUMN]).astype(str)
-    table = _rank(_assemble(star_id, columns, trained.label_names))
+    table = _rank(_assemble(star_id, columns, trained.label_names), rank_by)
     table.meta["recalibration"] = "none"
     if recalibrate == "neighbours":
         table = recalibrate_by_neighbours(table, trained.label_names)
@@ -571,6 +604,7 @@ def _assemble(
         table[name] = columns[name] if name in columns else np.zeros(star_id.size)
     table["log_prob"].unit = "nat"
     table["z_model"] = columns["z"]
+    table["log_p_element"] = columns["log_p_element"]
     for name in ("spread_ratio", "snr", "supported", "support_ratio", "n_good_pixels",
                  "top_element", "top_element_direction", "top_evidence", "element_summary",
                  "n_unexplained", "unexplained_wavelength"):  # fmt: skip
@@ -579,12 +613,19 @@ def _assemble(
     return table
 
 
-def _rank(table: Table) -> Table:
-    """Set ``p_tail``, ``one_in`` and ``rank`` from ``log_p_tail``; ranked rows first."""
-    log_p = np.asarray(table["log_p_tail"], dtype=np.float64)
+def _rank(table: Table, rank_by: str) -> Table:
+    """Set the probabilities, ``one_in`` and ``rank`` (by ``rank_by``); ranked rows first."""
+    log_p_tail = np.asarray(table["log_p_tail"], dtype=np.float64)
+    log_p_element = np.asarray(table["log_p_element"], dtype=np.float64)
+    log_combined = combine_tails(log_p_tail, log_p_element)
     with np.errstate(over="ignore"):
-        table["p_tail"] = np.exp(log_p)
-        table["one_in"] = np.exp(-log_p)
+        table["p_tail"] = np.exp(log_p_tail)
+        table["one_in"] = np.exp(-log_p_tail)
+        table["p_element"] = np.exp(log_p_element)
+        table["log_p_combined"] = log_combined
+        table["p_combined"] = np.exp(log_combined)
+    table.meta["rank_by"] = rank_by
+    log_p = log_combined if rank_by == "combined" else log_p_tail
     ranked = np.asarray(table["flag"]) == ""
     first = np.flatnonzero(ranked)
     first = first[np.argsort(log_p[first], kind="stable")]
@@ -649,7 +690,7 @@ def recalibrate_by_neighbours(
     log_p[ranked] = special.log_ndtr(-z_new)
     out["z"], out["log_p_tail"] = z_all, log_p
     out.meta["recalibration"] = f"neighbours(k={n_neighbours}; labels + log10 S/N)"
-    return _rank(out)
+    return _rank(out, out.meta.get("rank_by", RANKINGS[0]))
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,14 @@ def register(commands: Any) -> None:
         help="p_tail under the model (default) or recalibrated among survey stars with "
         "similar labels and S/N",
     )
-    parser.add_argument("--n-reference", type=int, default=32, help="reference draws (flows)")
+    parser.add_argument(
+        "--rank-by",
+        choices=("combined", "omnibus"),
+        default="combined",
+        help="rank by p_combined: the whole spectrum or its strongest element, whichever is "
+        "more surprising (default), or by the whole-spectrum p_tail alone",
+    )
+    parser.add_argument("--n-reference", type=int, default=16, help="reference draws (flows; 16)")
     parser.add_argument("--chunk-size", type=int, default=256, help="stars per chunk")
     parser.add_argument(
         "--min-good-fraction", type=float, default=0.2, help="flag stars with fewer good pixels"
@@ -131,6 +138,7 @@ def run_outliers(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             min_good_fraction=args.min_good_fraction,
             recalibrate=args.recalibrate,
+            rank_by=args.rank_by,
             progress=not args.quiet,
             parts=parts,
             dist=dist,
@@ -153,7 +161,9 @@ def run_outliers(args: argparse.Namespace) -> int:
             name = _file_name(int(row["rank"]), str(row["star_id"]), width)
             title = (
                 f"#{row['rank']} {row['star_id']}: 1 in {format_one_in(row['log_p_tail'])} "
-                f"(z = {row['z']:.1f}); {row['element_summary'] or 'no line list'}"
+                f"(z = {row['z']:.1f}; with the strongest element 1 in "
+                f"{format_one_in(row['log_p_combined'])}); "
+                f"{row['element_summary'] or 'no line list'}"
             )
             figure = plot_outlier_spectrum(explanation, row["top_element"] or None, title)
             figure.savefig(folder / "gallery" / name, dpi=100)

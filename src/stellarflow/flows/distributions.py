@@ -403,6 +403,30 @@ class LatentGaussianSpectra(SpectralDistribution):
         self, sample_shape: Size | tuple[int, ...] = (), generator: torch.Generator | None = None
     ) -> Tensor:
         r"""Draws :math:`m + s(\mu + W z + T\tau\varepsilon)` (+ noise; NaN at masked)."""
+        return self._draw(sample_shape, generator)[0]
+
+    @torch.no_grad()
+    def sample_with_chi2(
+        self, sample_shape: Size | tuple[int, ...] = (), generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        r"""Draws (as :meth:`sample`) and the :math:`\chi^2` of their independent part.
+
+        The independent part of a draw is :math:`\eta = s(T\tau\varepsilon) +` noise, of
+        variance :math:`D_i` per pixel; :math:`q = \sum_{i \in O} \eta_i^2 / D_i` over the
+        observed pixels is exactly :math:`\chi^2_n`-distributed and independent of z: a
+        control variate for statistics of the draws dominated by that sum (calibration,
+        :mod:`stellarflow.analysis.calibrate`).
+
+        Returns:
+            Spectra `(*sample_shape, *batch_shape, n_pixels)` and q `(*sample_shape,
+            *batch_shape)`, same draws as :meth:`sample` with the same generator state.
+        """
+        return self._draw(sample_shape, generator)
+
+    def _draw(
+        self, sample_shape: Size | tuple[int, ...], generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Draws and the chi2 of their independent part (see :meth:`sample_with_chi2`)."""
         shape = Size(sample_shape) + self.batch_shape
         ref = self.flux_loc
         n_errors = self.n_label_errors
@@ -416,11 +440,18 @@ class LatentGaussianSpectra(SpectralDistribution):
             z = self.temperature * eps
         else:
             z = self.prior.transform_base(eps)
-        u = self.loc + project(self.loading, z) + self.intrinsic_var.sqrt() * intrinsic
+        scatter = self.intrinsic_var.sqrt() * intrinsic
+        u = self.loc + project(self.loading, z) + scatter
         x = self.flux_loc + self.flux_scale * u
+        if noise is not None:  # the noise in standardised units, 0 at masked pixels
+            ivar_std = self.ivar * self.flux_scale**2
+            observed = ivar_std > 0
+            safe = torch.where(observed, ivar_std, torch.ones_like(ivar_std))
+            scatter = scatter + torch.where(observed, noise * safe.rsqrt(), 0.0)
+        q = (self._noise.precision * scatter * scatter).sum(-1)
         if noise is None:
-            return x
-        return _observe(x, self.ivar, noise)
+            return x, q
+        return _observe(x, self.ivar, noise), q
 
     def posterior(
         self,

@@ -153,11 +153,29 @@ def _precision_matrix(loading: Tensor, precision: Tensor) -> Tensor:
     return weighted.transpose(-1, -2) @ loading
 
 
+def per_star_matmul(x: Tensor, matrix: Tensor) -> Tensor:
+    """``x @ matrix`` per star: x `(*sample, *batch, a)`, matrix `(*batch, a, b)`.
+
+    Returns `(*sample, *batch, b)`. Broadcasting ``matmul`` would copy the per-star matrix
+    once per sample (``n_samples x n_stars x n_pixels x k`` numbers); this folds the sample
+    dimensions into the rows of one batched product instead.
+    """
+    n_batch = matrix.ndim - 2
+    batch = matrix.shape[:-2]
+    sample = x.shape[: x.ndim - 1 - n_batch]
+    if not sample or tuple(x.shape[len(sample) : -1]) != tuple(batch):
+        return (x[..., None, :] @ matrix).squeeze(-2)
+    n_sample, n_stars, (a, b) = math.prod(sample), math.prod(batch), matrix.shape[-2:]
+    rows = x.reshape(n_sample, n_stars, a).transpose(0, 1)  # (stars, samples, a)
+    out = rows @ matrix.reshape(n_stars, a, b)
+    return out.transpose(0, 1).reshape(*sample, *batch, b)
+
+
 def project(loading: Tensor, z: Tensor) -> Tensor:
     """:math:`W z`: `(..., n_pixels)` from z `(..., k)` and W `(p, k)` or `(*batch, p, k)`."""
     if loading.ndim == 2:
         return z @ loading.T
-    return (loading @ z[..., None]).squeeze(-1)
+    return per_star_matmul(z, loading.transpose(-1, -2))
 
 
 class GaussianReference(NamedTuple):
@@ -222,7 +240,7 @@ def latent_posterior(
     if loading.ndim == 2:
         b = (precision * residual) @ loading
     else:
-        b = ((precision * residual)[..., None, :] @ loading).squeeze(-2)
+        b = per_star_matmul(precision * residual, loading)
     # Q^-1 b by two triangular solves (they broadcast over sample dimensions).
     y = torch.linalg.solve_triangular(chol, b[..., None], upper=False)
     shift = torch.linalg.solve_triangular(chol.transpose(-1, -2), y, upper=True).squeeze(-1)

@@ -10,7 +10,7 @@ import numpy as np
 from astropy.table import Table
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scipy import stats
+from scipy import special, stats
 
 from stellarflow.analysis.outliers import StarExplanation
 
@@ -43,8 +43,11 @@ def _with_gaps(wavelength: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
 def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = None) -> Figure:
     """Histogram of the calibrated scores z of the ranked stars, top outliers marked.
 
-    For a calibrated model the inliers' z follow N(0, 1) (drawn for comparison, scaled to
-    the number of ranked stars); the ``top_k`` highest-ranked stars are marked and labelled.
+    z is the standard-normal deviate of what ``rank`` orders by (``table.meta["rank_by"]``:
+    ``p_combined`` or ``p_tail``). For a calibrated model the inliers' z of ``p_tail``
+    follow N(0, 1) (drawn for comparison, scaled to the number of ranked stars); those of
+    ``p_combined``, an upper bound, lie to its left. The ``top_k`` highest-ranked stars are
+    marked and labelled.
 
     Args:
         table: the output of :func:`stellarflow.analysis.outliers.find_outliers`.
@@ -57,7 +60,13 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     ranked = table[table["flag"] == ""]
-    z = np.asarray(ranked["z"], dtype=np.float64)
+    combined = table.meta.get("rank_by") == "combined" and "log_p_combined" in table.colnames
+    if combined:
+        log_p = np.minimum(np.asarray(ranked["log_p_combined"], dtype=np.float64), -1e-300)
+        z_all = -special.ndtri_exp(log_p)
+    else:
+        z_all = np.asarray(ranked["z"], dtype=np.float64)
+    z = z_all[np.isfinite(z_all)]
     z = z[np.isfinite(z)]
     figure = ax.figure
     if z.size == 0:
@@ -72,11 +81,11 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     ax.set_yscale("log")
     ax.set_ylim(0.5, 30.0 * max(float(counts.max()), 1.0))
     top = ranked[:top_k]
-    for row in top:
-        ax.axvline(row["z"], color="C3", lw=0.8, alpha=0.7)
+    for row, z_row in zip(top, z_all[:top_k], strict=True):
+        ax.axvline(z_row, color="C3", lw=0.8, alpha=0.7)
         ax.annotate(
             f"{row['rank']}: {row['star_id']}",
-            (row["z"], 0.98),
+            (z_row, 0.98),
             xycoords=("data", "axes fraction"),
             xytext=(-2, 0),
             textcoords="offset points",
@@ -86,7 +95,8 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
             va="top",
             color="C3",
         )
-    ax.set_xlabel("z = Φ⁻¹(1 - p_tail)  (calibrated improbability)")
+    statistic = "p_combined, whole spectrum or strongest element" if combined else "p_tail"
+    ax.set_xlabel(f"z = Φ⁻¹(1 - p)  (calibrated improbability; p = {statistic})")
     ax.set_ylabel("stars")
     n_flagged = len(table) - len(ranked)
     ax.set_title(

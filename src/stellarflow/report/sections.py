@@ -24,7 +24,8 @@ __all__ = ["RunContents", "Section", "truth_table"]
 Section = tuple[str, str, str]
 """``(anchor, title, html)`` of one report section."""
 
-_OUTLIER_COLUMNS = ("rank", "star_id", "one_in", "p_tail", "z", "snr", "supported", "flag",
+_OUTLIER_COLUMNS = ("rank", "star_id", "one_in", "p_tail", "p_combined", "z", "snr", "supported",
+                    "flag",
                     "top_element", "top_element_direction", "element_summary",
                     "n_unexplained")  # fmt: skip
 _TOP_ROWS = 25
@@ -204,6 +205,7 @@ def outliers_section(contents: RunContents, page_dir: Path, embed: bool) -> Sect
         ("ranked", counts.get("ranked", "")),
         ("calibration", table.meta.get("calibration", "")),
         ("expectation", table.meta.get("expectation", "")),
+        ("ranked by", table.meta.get("rank_by", "omnibus")),
     ]
     parts = [definition_list(items)]
     distribution = folder / "score_distribution.png"
