@@ -137,7 +137,7 @@ def test_reference_draws_in_small_groups_agree(monkeypatch):
 def test_sample_with_chi2_control_variate():
     """q of the draws is chi2 with the observed pixels as dof; the draws are sample()'s."""
     fa = _factor_analysis()
-    flux, ivar, context = _observed(fa, 4, seed=7)
+    _, ivar, context = _observed(fa, 4, seed=7)
     dist = fa(torch.as_tensor(context), ivar=torch.as_tensor(ivar))
     draws, q = dist.sample_with_chi2((4000,), generator=torch.Generator().manual_seed(1))
     same = dist.sample((4000,), generator=torch.Generator().manual_seed(1))
