@@ -217,7 +217,8 @@ def test_omnibus_ranking_and_no_line_list(setup) -> None:
     # the same stars and scores whatever the ranking
     by_id = dict(zip(table["star_id"], table["log_p_tail"], strict=True))
     assert all(
-        by_id[s] == v for s, v in zip(omnibus["star_id"], omnibus["log_p_tail"], strict=True)
+        by_id[s] == v
+        for s, v in zip(omnibus["star_id"], omnibus["log_p_tail"], strict=True)
         if np.isfinite(v)
     )
     with pytest.raises(DataValidationError, match="rank_by must be one of"):

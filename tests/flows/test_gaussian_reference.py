@@ -242,3 +242,27 @@ def test_covariance_factors() -> None:
     eye = torch.eye(3).expand(N, 3, 3)
     torch.testing.assert_close(factors.latent_cov, eye, atol=0.05, rtol=0)
     torch.testing.assert_close(factors.latent_mean, torch.zeros(N, 3), atol=0.05, rtol=0)
+
+
+def test_latent_flow_prior_moments_in_slices(monkeypatch) -> None:
+    """The prior's moments are the sample moments of its draws, however they are sliced."""
+    from stellarflow.flows import latent
+
+    model = perturbed_model("latent_flow", P, L, {"n_latent": 3})
+    _, _, context = random_batch(N, P, L)
+    labels = model.standardize_context(context)
+
+    def moments() -> tuple[torch.Tensor, torch.Tensor]:
+        return model._latent_moments(labels, 0.8, 500, torch.Generator().manual_seed(3))
+
+    whole_mean, whole_cov = moments()
+    monkeypatch.setattr(latent, "_MOMENT_ROWS", 1)  # one draw per slice
+    mean, cov = moments()
+    torch.testing.assert_close(mean, whole_mean)
+    torch.testing.assert_close(cov, whole_cov)
+    # the same numbers as the textbook estimate from all draws at once
+    eps = torch.randn((500, N, 3), generator=torch.Generator().manual_seed(3), dtype=mean.dtype)
+    z = model._prior(labels, 0.8).transform_base(eps)
+    torch.testing.assert_close(mean, z.mean(0))
+    dz = z - z.mean(0)
+    torch.testing.assert_close(cov, torch.einsum("nsi,nsj->sij", dz, dz) / 499)

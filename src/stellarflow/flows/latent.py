@@ -198,6 +198,10 @@ class ProductPrior:
         return torch.cat([self.flow.transform_base(head), self.temperature * tail], dim=-1)
 
 
+_MOMENT_ROWS = 8_192
+"""Latent draws pushed through the flow's inverse at once when computing its moments."""
+
+
 def identity_init(flow: zuko.flows.Flow) -> None:
     """Zero the output layer of every transform's hyper-network: the flow becomes exactly
     the identity (a zero-parameter :class:`RationalQuadraticSpline` is the identity), so the
@@ -387,18 +391,29 @@ class LatentFlowModel(LinearGaussianModel):
         n_samples: int,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor]:
-        """Sample mean `(*batch, k)` and covariance `(*batch, k, k)` of flow draws."""
+        """Sample mean `(*batch, k)` and covariance `(*batch, k, k)` of flow draws.
+
+        The draws go through the flow's inverse a slice at a time (at most
+        :data:`_MOMENT_ROWS` rows), accumulating the sums in float64: the inverse of an
+        autoregressive flow allocates heavily per row, so memory stays bounded whatever the
+        batch and ``n_samples``.
+        """
         prior = self._prior(labels, temperature)
         batch = () if labels is None else labels.shape[:-1]
         k = self.options.n_latent
         like = self.loading
         eps = torch.randn((n_samples, *batch, k), generator=generator, dtype=like.dtype)
         eps = eps.to(like.device)
-        z = prior.transform_base(eps)
-        mean = z.mean(0)
-        dz = z - mean
-        cov = (dz[..., :, None] * dz[..., None, :]).sum(0) / max(n_samples - 1, 1)
-        return mean, cov
+        per_slice = max(1, _MOMENT_ROWS // max(math.prod(batch), 1))
+        total = eps.new_zeros((*batch, k), dtype=torch.float64)
+        outer = eps.new_zeros((*batch, k, k), dtype=torch.float64)
+        for start in range(0, n_samples, per_slice):
+            z = prior.transform_base(eps[start : start + per_slice]).double()
+            total += z.sum(0)
+            outer += (z[..., :, None] * z[..., None, :]).sum(0)
+        mean = total / n_samples
+        cov = (outer - n_samples * mean[..., :, None] * mean[..., None, :]) / max(n_samples - 1, 1)
+        return mean.to(like.dtype), cov.to(like.dtype)
 
     def log_prob_estimate(
         self,
