@@ -5,6 +5,7 @@ Usage::
     python benchmarks/lines.py [--sizes 2000,20000] [--pixels N --pixel-offset K]
         [--n-samples 20000] [--point TEFF=4750,LOGG=2.5,FE_H=-0.1] [--survey PATH]
         [--work DIR] [--model SPEC] [--epochs 200] [--time-limit MIN] [--modes ...] [--cache]
+        [--ablations]
 
 One mock survey (default: ``max(sizes) + 2000`` stars on the chosen grid, seed 0; its
 published line list hides ~20 lines of Fe, Si, Ni, Ti and Ce). For each training-set size
@@ -24,6 +25,11 @@ point, nearest pixel) exceeds 3x the median noise of the training spectra:
 * average precision over the significance threshold (candidate-new features ranked by
   significance, features at any threshold >= 2 sigma);
 * the element confusion matrix (withheld element -> assigned element) of detected lines.
+
+``--ablations`` adds, in the joint mode, the search with one default changed at a time
+(``ABLATIONS``): the previous defaults (full-resolution-element cross-match, no nuisance
+indices), no strong-line index, H as an element, the full window, and a cross-match that
+counts only the feature's own element as known.
 
 Also recorded: the time of the correlation analysis (sampling, accumulation, templates,
 association, features) for the given pixels and ``--n-samples``.
@@ -48,6 +54,13 @@ from stellarflow.train.checkpoint import load_model
 
 LABELS = ("TEFF", "LOGG", "FE_H")
 RESOLUTION = 22_500.0
+ABLATIONS = {
+    "previous defaults": {"strong_depth": None, "nuisance_elements": (), "match_window": 1.0},
+    "no strong index": {"strong_depth": None},
+    "H as element": {"nuisance_elements": ()},
+    "window 1 res. el.": {"match_window": 1.0},
+    "own element only": {"explain_threshold": float("inf"), "untested_explain": False},
+}
 
 
 def match(features, withheld, eligible: np.ndarray) -> dict:
@@ -130,6 +143,9 @@ def main() -> None:
         "--cache", action="store_true", help="keep / reuse the model correlation in the work dir"
     )
     parser.add_argument(
+        "--ablations", action="store_true", help="also run the joint mode with ABLATIONS"
+    )
+    parser.add_argument(
         "--box",
         default=None,
         help="draw the model's labels uniformly in point +- these half-widths, e.g. FE_H=0.05",
@@ -202,6 +218,11 @@ def main() -> None:
         for m in modes:
             report(f"model, {m}", searches[m], withheld, eligible)
             report(f"baseline, {m}", base[m], withheld, eligible)
+        for label, options in ABLATIONS.items() if args.ablations else ():
+            for name, result in (("model", corr), ("baseline", base_corr)):
+                runs = {t: find_lines(result, published, threshold=t, **options)
+                        for t in thresholds}  # fmt: skip
+                report(f"{name}, joint, {label}", runs, withheld, eligible)
         for m in modes:
             confusion(f"model, {m}", searches[m][min(thresholds)], withheld, eligible)
             confusion(f"baseline, {m}", base[m][min(thresholds)], withheld, eligible)

@@ -170,15 +170,105 @@ def test_removing_the_shared_mode_leaves_the_element_specific_correlation() -> N
     assert partial.score[fe_line, fe] - partial.score[fe_line, si] > 1.0
 
 
-def test_cross_match_uses_the_features_own_element_within_a_resolution_element() -> None:
-    published = Table(rows=[(16000.0, "Fe"), (16010.0, "Si")], names=("wavelength", "element"))
-    features = Table(
-        rows=[(16000.5, "Fe"), (16000.9, "Fe"), (16010.1, "Fe")], names=("wavelength", "element")
+def test_cross_match_uses_the_features_own_element_within_half_a_resolution_element() -> None:
+    published = Table(
+        rows=[(16000.0, "Fe"), (16010.0, "Si"), (16020.0, "N"), (16030.0, "Al")],
+        names=("wavelength", "element"),
     )
-    out = cross_match(features, published, resolution=22_500.0)  # window ~0.71 Å
-    assert list(out["known"]) == [True, False, False]
-    assert np.allclose(out["offset"], [0.5, 0.9, 10.1])
-    assert list(out["nearest_other_element"]) == ["Si", "Si", "Si"]
+    features = Table(
+        rows=[
+            (16000.3, "Fe", ""),  # own line 0.3 Å away: known
+            (16000.5, "Fe", ""),  # 0.5 Å: beyond lambda / 2R = 0.356 Å, no line: unlisted
+            (16010.1, "Fe", ""),  # only a Si line near: misidentified (or blended)
+            (16010.1, "Fe", "Fe,Si"),  # ... unless the feature also moves with Si
+            (16020.2, "Fe", ""),  # a CN line of a tested element does not explain an Fe line
+            (16030.2, "Fe", ""),  # Al has no template: its line cannot be tested, it explains
+        ],
+        names=("wavelength", "element", "associated"),
+    )
+    out = cross_match(features, published, resolution=22_500.0, tested_elements=("Fe", "Si", "N"))
+    assert list(out["known"]) == [True, False, False, True, False, True]
+    assert list(out["kind"]) == [
+        "known", "unlisted", "misidentified", "known", "misidentified", "known",
+    ]  # fmt: skip
+    assert list(out["explained_by"]) == ["Fe", "", "", "Si", "", "Al"]
+    assert np.allclose(out["offset"], [0.3, 0.5, 10.1, 10.1, 20.2, 30.2])
+    assert list(out["nearest_other_element"]) == ["Si", "Si", "Si", "Si", "N", "Al"]
+    # the whole resolution element (the previous default) also takes the 0.5 Å line
+    wide = cross_match(features, published, resolution=22_500.0, window=1.0)
+    assert list(wide["known"][:2]) == [True, True]
+    with pytest.raises(DataValidationError, match="window > 0"):
+        cross_match(features, published, window=0.0)
+
+
+def test_strong_lines_and_hydrogen_become_nuisance_indices() -> None:
+    result = _correlation(_synthetic(300))
+    depth = 1 - result.mean
+    strong_fe = round(FE_PIXELS[1])
+    depth[strong_fe] = 0.35  # pretend one Fe line was deep, and three H lines were there
+    depth[[5, 10, 190]] = 0.1
+    lines = _published()
+    for p in (5.0, 10.0, 190.0):
+        lines.add_row((_at(p), "H"))
+    templates = element_templates(
+        WAVE, depth, result.std, lines, min_lines=3, strong_depth=0.3, nuisance_elements=("H",)
+    )
+    assert templates.elements == ("Fe", "Si") and templates.nuisance == ("H",)
+    fe = templates.pixels[0]
+    assert strong_fe not in fe and fe.size == len(FE_PIXELS) - 1
+    assert np.array_equal(templates.nuisance_pixels[0], [5, 10, 190])
+    assert templates.nuisance_matrix.shape == (WAVE.size, 1)
+    h_rows = [5, 10, 190]
+    assert np.allclose(templates.nuisance_matrix[h_rows, 0], 1 / (3 * result.std[h_rows]))
+    # with min_lines strong pixels (here 3 deep H lines + the Fe line) they form "strong"
+    depth[[5, 10, 190]] = 0.35
+    deep = element_templates(WAVE, depth, result.std, lines, min_lines=3, strong_depth=0.3)
+    assert deep.nuisance == ("strong",) and "H" not in deep.elements
+    assert np.array_equal(deep.nuisance_pixels[0], [5, 10, strong_fe, 190])
+    with pytest.raises(DataValidationError, match="strong_depth"):
+        element_templates(WAVE, depth, result.std, lines, strong_depth=0.01)
+
+
+def test_a_nuisance_index_keeps_a_shared_mode_line_from_taking_an_element() -> None:
+    """Fe and Si lines both deepen with a shared (broadening-like) mode b; H lines follow b
+    only, and so does a hidden line at pixel 185. Without the H lines it correlates with
+    Fe or Si (each index carries b); with H as an element it is given H; with H as a
+    nuisance index it is given nothing.
+    """
+    rng = np.random.default_rng(5)
+    n = 4000
+    a = rng.normal(size=(n, 2))
+    b = rng.normal(size=(n, 1))
+    x = np.arange(WAVE.size)
+    flux = np.ones((n, WAVE.size))
+    h_pixels = (5.0, 10.0, 15.0, 190.0, 195.0)
+    lines = [(p, 0.1 * a[:, [0]] + 0.3 * b) for p in FE_PIXELS]
+    lines += [(p, 0.1 * a[:, [1]] + 0.3 * b) for p in SI_PIXELS]
+    lines += [(p, 0.3 * b) for p in (*h_pixels, HIDDEN_SI)]
+    for centre, change in lines:
+        flux -= 0.15 * (1.0 + change) * np.exp(-0.5 * ((x - centre) / 1.2) ** 2)
+    result = _correlation(flux + 1e-4 * rng.normal(size=flux.shape))
+    depth = 1 - result.mean
+    published = _published()
+    no_h = associate(result, element_templates(WAVE, depth, result.std, published, min_lines=3))
+    for p in h_pixels:
+        published.add_row((_at(p), "H"))
+    as_element = element_templates(
+        WAVE, depth, result.std, published, min_lines=3, nuisance_elements=()
+    )
+    nuisance = element_templates(WAVE, depth, result.std, published, min_lines=3)
+    assert as_element.elements == ("Fe", "H", "Si") and nuisance.elements == ("Fe", "Si")
+    hidden = round(HIDDEN_SI)
+    assert no_h.significance[hidden].max() > 5
+    h_element = associate(result, as_element)
+    assert np.argmax(h_element.score[hidden]) == 1 and h_element.significance[hidden, 1] > 5
+    with_h = associate(result, nuisance)
+    assert np.all(np.abs(with_h.score[hidden]) < 0.05)
+    # ... while the Fe and Si lines keep their own element
+    for pixels, j in ((FE_PIXELS, 0), (SI_PIXELS, 1)):
+        rows = [round(p) for p in pixels]
+        assert np.all(np.argmax(with_h.score[rows], axis=1) == j)
+        assert np.all(with_h.significance[rows, j] > 5)
 
 
 def test_templates_refuse_a_list_off_the_grid() -> None:

@@ -54,8 +54,10 @@ def test_lines_writes_candidates_matrix_and_figures(inputs, tmp_path, capsys) ->
     assert main(argv) == 0
     assert "candidate new" in capsys.readouterr().out
     table = Table.read(out / "candidates.ecsv")
-    assert COLUMNS | {"nearest_known", "offset"} <= set(table.colnames)
+    assert COLUMNS | {"nearest_known", "offset", "kind"} <= set(table.colnames)
     assert len(table) > 0 and np.all(np.diff(table["significance"]) <= 0)
+    assert set(table["kind"]) <= {"known", "misidentified", "unlisted"}
+    assert np.array_equal(table["kind"] == "known", table["known"])
     assert table.meta["n_samples"] == 600 and table.meta["mode"] == "joint"
     base = Table.read(out / "baseline_candidates.ecsv")
     assert set(table.colnames) == set(base.colnames)

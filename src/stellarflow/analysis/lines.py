@@ -12,11 +12,19 @@ that moves with the known lines of, say, Si but lies in no line list is a candid
    :func:`empirical_correlation` uses the residuals of observed spectra in a narrow
    Teff/logg bin instead, noise and all.
 2. **Element templates** (:func:`element_templates`): for each element with published lines,
-   the pixels at its line centres that are deep enough in the mean spectrum and not shared
-   with another element's published line within half a resolution element (elements with
-   fewer than 5 such pixels get no template by default). An element's *index*
-   is the mean standardised flux over its template pixels,
-   :math:`t_e = |K_e|^{-1} \sum_{k \in K_e} (x_k - \bar x_k) / s_k`.
+   the pixels at its line centres that are deep enough in the mean spectrum (0.02), not
+   strong (below ``strong_depth`` = 0.2) and not shared with another element's published
+   line within half a resolution element (elements with fewer than 5 such pixels get no
+   template by default). An element's *index* is the mean standardised flux over its
+   template pixels, :math:`t_e = |K_e|^{-1} \sum_{k \in K_e} (x_k - \bar x_k) / s_k`.
+   Two *nuisance* indices are built the same way: ``"strong"``, the pixels of every
+   published line at least ``strong_depth`` deep (any element), and ``"H"``, hydrogen's
+   lines. Strong lines respond to broadening and saturation more than to abundance, and do
+   so alike whatever their element, so an element template with a few of them (Ni, Si, Ti
+   have 5-9 pixels here) becomes a "strong-line" index that takes the deep lines of every
+   other element; hydrogen is the reference of all abundances, so its lines track Teff,
+   logg and broadening, not chemistry. The joint association conditions on the nuisance
+   indices and never assigns them.
 3. **Association** (:func:`associate`): for every pixel ``p`` and element ``e`` the
    correlation of the pixel with the element's index. With :math:`G = \rho M` (``M`` the
    `(n_pixels, n_elements)` template-averaging matrix) and :math:`H = M^T \rho M`,
@@ -26,8 +34,8 @@ that moves with the known lines of, say, Si but lies in no line list is a candid
      :math:`\lambda u u^T` of :math:`\rho` (partial correlation given the dominant shared
      mode, e.g. residual metallicity), renormalised to unit diagonal;
    - ``"joint"`` (default): the partial correlation of pixel ``p`` with :math:`t_e` given all
-     the other element indices. With :math:`\beta = H^{-1} G_{p\cdot}^T` and
-     :math:`s^2 = 1 - G_{p\cdot} \beta`,
+     the other element indices and the nuisance indices (``M`` gains their columns). With
+     :math:`\beta = H^{-1} G_{p\cdot}^T` and :math:`s^2 = 1 - G_{p\cdot} \beta`,
      :math:`r_{pe \cdot \mathrm{rest}} = \beta_e / \sqrt{s^2 (H^{-1})_{ee} + \beta_e^2}`.
 
    Significance compares the pixel's *response*, the flux change per 1-sigma change of the
@@ -44,14 +52,42 @@ that moves with the known lines of, say, Si but lies in no line list is a candid
    the depth, its centre from a parabola through the depth at the peak pixel and its two
    neighbours, in vacuum Å.
 5. **Cross-match** (:func:`cross_match`) with the published list: a feature is known when a
-   published line within one resolution element (:math:`\lambda / R`) belongs to its
-   element, to an element it is also significantly associated with, or to an element without
-   a template (untestable); else it is a candidate (an unknown line, or a published line
-   given to the wrong element).
+   published line within half a resolution element (:math:`\lambda / 2R`, the half-width of
+   the line-spread function) belongs to its element, to an element it is also
+   significantly associated with, or to an element without a template (untestable); else
+   it is a candidate, ``kind`` ``"misidentified"`` (a published line of another element is
+   within the window: the line may be given to the wrong element, or hides an unlisted
+   line of this one) or ``"unlisted"`` (no published line within the window).
 
 Steps 4-5 live in :mod:`stellarflow.analysis.line_features`.
 
-:func:`find_lines` runs 2-5 on a :class:`~stellarflow.analysis.correlation.PixelCorrelation`.
+Defaults and the numbers that chose them (``benchmarks/lines.py --ablations``; issue-5
+mock, 19 withheld lines, point TEFF=4750, LOGG=2.5, FE_H=-0.1, 20,000 model spectra from
+factor-analysis models with k latent factors trained on n stars; joint mode, 5 sigma;
+recall / precision / AP in %, one change at a time, same cached correlations):
+
+=====================  =========  =========  =========  =========  =========
+model / n              k=16       k=16       k=32       k=64       baseline
+                       2,000      20,000     2,000      20,000     20,000
+=====================  =========  =========  =========  =========  =========
+defaults               58/28/22   58/33/35   63/38/38   68/43/53   63/43/55
+previous defaults [1]  42/26/12   47/30/21   53/43/33   47/43/40   47/53/32
+no strong index        53/25/14   58/26/21   63/32/28   63/40/40   63/41/45
+H as an element        58/31/22   58/39/27   63/39/39   63/40/46   63/41/49
+window lambda/R        47/36/24   42/42/31   53/53/38   53/56/47   47/69/39
+own element only [2]   63/11/6    63/9/5     68/17/13   74/16/21   63/22/38
+=====================  =========  =========  =========  =========  =========
+
+[1] window lambda/R, no nuisance indices. [2] only a published line of the feature's own
+element explains it: features at published lines of other or untestable elements become
+candidates, and the element assignment is not good enough for that. ``strong_depth`` 0.15
+/ 0.2 / 0.25 / 0.3 gave AP 0.29 / 0.35 / 0.23 / 0.15 (k=16, n=20,000) and 0.59 / 0.50 /
+0.42 / 0.39 (k=64; 0.15 at precision 0.30). Tried and not kept: assigning by significance
+(no change); dropping template pixels whose leave-one-out correlation with the rest of
+their element is below 0.3-0.7 of the element's median (AP -0.1 to +0.1, inconsistent);
+requiring the association in both interleaved halves of each template (lower AP for every
+model); a blend test of a quarter resolution element (Ca, Cr, Mg, Mn, V templates that
+then take Fe lines).
 """
 
 from __future__ import annotations
@@ -100,11 +136,19 @@ class ElementTemplates:
         matrix: `(n_pixels, n_elements)` averaging matrix ``M``: ``1 / n_k`` on an element's
             template pixels, divided by the pixel's standard deviation (so that ``x @ M``
             averages standardised flux), 0 elsewhere.
+        nuisance: names of the nuisance indices (``"strong"``: the strong lines of every
+            element; nuisance elements such as ``"H"``): conditioned on in the ``"joint"``
+            association, never assigned to a feature.
+        nuisance_pixels: per nuisance index, `(n_k,)` int pixel indices.
+        nuisance_matrix: `(n_pixels, n_nuisance)` averaging matrix like ``matrix``.
     """
 
     elements: tuple[str, ...]
     pixels: tuple[np.ndarray, ...]
     matrix: np.ndarray
+    nuisance: tuple[str, ...] = ()
+    nuisance_pixels: tuple[np.ndarray, ...] = ()
+    nuisance_matrix: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +204,14 @@ def _nearest_pixel(wavelength: np.ndarray, lines: np.ndarray) -> tuple[np.ndarra
     return pick, np.abs(wavelength[pick] - lines) <= step
 
 
+def _averaging_matrix(pixels: list[np.ndarray], std: np.ndarray) -> np.ndarray:
+    """`(n_pixels, len(pixels))`: ``1 / (n_k s_p)`` on each group's pixels, 0 elsewhere."""
+    matrix = np.zeros((std.size, len(pixels)))
+    for j, idx in enumerate(pixels):
+        matrix[idx, j] = 1.0 / (idx.size * std[idx])
+    return matrix
+
+
 def element_templates(
     wavelength: np.ndarray,
     depth: np.ndarray,
@@ -170,14 +222,24 @@ def element_templates(
     min_depth: float = 0.02,
     min_lines: int = 5,
     blend_window: float = 0.5,
+    strong_depth: float | None = 0.2,
+    nuisance_elements: tuple[str, ...] = ("H",),
 ) -> ElementTemplates:
     """Template pixels of each element with published lines on the grid.
 
     A published line contributes the pixel nearest its centre when that pixel lies within
-    one pixel spacing, has mean depth >= ``min_depth``, has scatter, and no published line
-    of another element lies within ``blend_window`` resolution elements
-    (``blend_window * wavelength / resolution``; 0 switches the test off). Elements with
-    fewer than ``min_lines`` such pixels get no template.
+    one pixel spacing, has mean depth >= ``min_depth`` (and < ``strong_depth``), has
+    scatter, and no published line of another element lies within ``blend_window``
+    resolution elements (``blend_window * wavelength / resolution``; 0 switches the test
+    off). Elements with fewer than ``min_lines`` such pixels get no template.
+
+    Strong lines (mean depth >= ``strong_depth``) respond to broadening and saturation more
+    than to their element's abundance, and every element's strong lines do so alike; they
+    form one nuisance index, ``"strong"`` (the pixels nearest every published line on the
+    grid that deep, any element, blended or not), instead of entering their element's
+    template. Elements in ``nuisance_elements`` (hydrogen: the reference of all abundances,
+    so its lines track Teff, logg and broadening, not chemistry) also become nuisance
+    indices. :func:`associate` conditions on the nuisance indices and never assigns them.
 
     Args:
         wavelength: `(n_pixels,)` vacuum Å, increasing.
@@ -188,6 +250,8 @@ def element_templates(
         min_depth: minimum mean depth of a template pixel.
         min_lines: minimum number of template pixels per element.
         blend_window: half-width, in resolution elements, of the blend test.
+        strong_depth: mean depth from which a line is strong (None: no strong-line index).
+        nuisance_elements: elements whose template is a nuisance index.
 
     Raises:
         DataValidationError: missing columns, or no element has a template.
@@ -198,34 +262,45 @@ def element_templates(
                 f"the line list needs columns 'wavelength' and 'element'; it has "
                 f"{linelist.colnames}; read it with stellarflow.io.linelist.read_linelist"
             )
+    if strong_depth is not None and not min_depth < strong_depth <= 1:
+        raise DataValidationError(
+            f"strong_depth must be in (min_depth={min_depth}, 1] or None, got {strong_depth}"
+        )
     lines = np.asarray(linelist["wavelength"], dtype=np.float64)
     element = np.asarray(linelist["element"]).astype(str)
     order = np.argsort(lines)
     lines, element = lines[order], element[order]
     pick, on_grid = _nearest_pixel(wavelength, lines)
-    ok = on_grid & (depth[pick] >= min_depth) & (std[pick] > 0)
+    usable = on_grid & (std[pick] > 0)
+    strong = usable & (depth[pick] >= (np.inf if strong_depth is None else strong_depth))
+    ok = usable & (depth[pick] >= min_depth) & ~strong
     if blend_window > 0:
         window = blend_window * lines / resolution
         lo = np.searchsorted(lines, lines - window)
         hi = np.searchsorted(lines, lines + window, side="right")
         for i in np.flatnonzero(ok):
             ok[i] = np.all(element[lo[i] : hi[i]] == element[i])
-    elements, pixels = [], []
+    elements, pixels, nuisance, nuisance_pixels = [], [], [], []
     for name in sorted(set(element[ok])):
         idx = np.unique(pick[ok & (element == name)])
         if idx.size >= min_lines:
-            elements.append(name)
-            pixels.append(idx)
+            is_nuisance = name in nuisance_elements
+            (nuisance if is_nuisance else elements).append(name)
+            (nuisance_pixels if is_nuisance else pixels).append(idx)
+    if strong.sum() >= min_lines:
+        nuisance.append("strong")
+        nuisance_pixels.append(np.unique(pick[strong]))
     if not elements:
         raise DataValidationError(
             f"no element has {min_lines} or more published lines deeper than {min_depth} on "
             f"this grid ({wavelength[0]:.1f}-{wavelength[-1]:.1f} Å); check the line list's "
             "wavelengths (vacuum Å) or lower min_depth"
         )
-    matrix = np.zeros((wavelength.size, len(elements)))
-    for j, idx in enumerate(pixels):
-        matrix[idx, j] = 1.0 / (idx.size * std[idx])
-    return ElementTemplates(tuple(elements), tuple(pixels), matrix)
+    return ElementTemplates(
+        tuple(elements), tuple(pixels), _averaging_matrix(pixels, std),
+        tuple(nuisance), tuple(nuisance_pixels),
+        _averaging_matrix(nuisance_pixels, std) if nuisance else None,
+    )  # fmt: skip
 
 
 def _correlation_times(correlation: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -258,7 +333,9 @@ def associate(
 ) -> Association:
     """Association score and significance of every pixel with every element's template.
 
-    See the module docstring for the three modes and the significance.
+    See the module docstring for the three modes and the significance. The ``"joint"``
+    mode also conditions on the templates' nuisance indices; the result has columns for
+    ``templates.elements`` only.
 
     Args:
         result: the pixel correlation at the label point.
@@ -283,8 +360,11 @@ def associate(
     std = np.where(result.std > 0, result.std, 1.0)
     # M averages standardised flux; in correlation units the weights are M * s.
     weights = templates.matrix * std[:, None]
-    g = _correlation_times(result.correlation, weights)
     n_elements = weights.shape[1]
+    if mode == "joint" and templates.nuisance_matrix is not None:
+        weights = np.hstack([weights, templates.nuisance_matrix * std[:, None]])
+    g = _correlation_times(result.correlation, weights)
+    n_columns = weights.shape[1]
     scatter = result.std  # of the flux left after conditioning (shared_mode: reduced)
     if mode == "shared_mode":
         values, u = _leading_modes(result.correlation, n_modes)
@@ -296,7 +376,7 @@ def associate(
         score = g / np.sqrt(np.diag(h))[None, :]
         scatter = result.std * keep
         n_conditioned = n_modes
-    elif mode == "plain" or n_elements == 1:
+    elif mode == "plain" or n_columns == 1:
         h = weights.T @ g
         score = g / np.sqrt(np.diag(h))[None, :]
         n_conditioned = 0
@@ -306,12 +386,12 @@ def associate(
         beta = g @ h_inv
         resid = np.clip(1.0 - np.einsum("pe,pe->p", g, beta), 1e-12, None)
         score = beta / np.sqrt(resid[:, None] * np.diag(h_inv)[None, :] + beta**2)
-        n_conditioned = n_elements - 1
-    score = np.clip(score, -0.999999, 0.999999)
+        n_conditioned = n_columns - 1
+    score = np.clip(score[:, :n_elements], -0.999999, 0.999999)
     # Response of the pixel's flux to a 1-sigma change of the element's index (flux units):
     # the correlation times the pixel's scatter (partial: the partial regression slope).
-    if mode == "joint" and n_elements > 1:
-        response = beta * np.sqrt(np.diag(h))[None, :] * scatter[:, None]
+    if mode == "joint" and n_columns > 1:
+        response = (beta * np.sqrt(np.diag(h))[None, :])[:, :n_elements] * scatter[:, None]
     else:
         response = score * scatter[:, None]
     depth = 1.0 - result.mean if depth is None else depth
@@ -343,13 +423,16 @@ def find_lines(
     explain_threshold: float = 3.0,
     explain_fraction: float = 0.0,
     untested_explain: bool = True,
+    strong_depth: float | None = 0.2,
+    nuisance_elements: tuple[str, ...] = ("H",),
+    match_window: float = 0.5,
 ) -> LineSearch:
     """Templates, association, features and cross-match on one pixel correlation.
 
     Args:
         result: from :func:`model_correlation` or :func:`empirical_correlation`.
         linelist: the published (known) line list, canonical columns.
-        resolution: resolving power R (the cross-match window is ``wavelength / R``).
+        resolution: resolving power R (a resolution element is ``wavelength / R``).
         mode: association mode (module docstring; ``"joint"`` by default, see
             docs/design.md for the measurement behind the choice).
         threshold: feature significance threshold, sigma.
@@ -363,12 +446,17 @@ def find_lines(
         explain_threshold: a published line explains a feature if the feature's association
             with the line's element is at least this significant (:func:`cross_match`).
         explain_fraction: ... and at least this fraction of its best element's.
-        untested_explain: published lines of elements without a template explain features
-            near them (they cannot be tested).
+        untested_explain: published lines of elements without a template (nuisance
+            elements included) explain features near them (they cannot be tested).
+        strong_depth: lines this deep in the mean spectrum leave their element's template
+            and form the ``"strong"`` nuisance index (None: no such index).
+        nuisance_elements: elements whose template is conditioned on, never assigned.
+        match_window: half-width of the cross-match, resolution elements.
 
     Returns:
         A :class:`LineSearch`; its ``candidates`` table has ``wavelength``, ``element``,
-        ``score``, ``significance``, ``depth``, ``known``, ``nearest_known``, ``offset``.
+        ``score``, ``significance``, ``depth``, ``known``, ``nearest_known``, ``offset``,
+        ``kind`` (:func:`cross_match`).
     """
     if resolution <= 0 or threshold < 0 or not 0 <= min_depth < 1:
         raise DataValidationError(
@@ -379,7 +467,8 @@ def find_lines(
     templates = element_templates(
         result.wavelength, depth, result.std, linelist,
         resolution=resolution, min_depth=template_min_depth, min_lines=template_min_lines,
-        blend_window=blend_window,
+        blend_window=blend_window, strong_depth=strong_depth,
+        nuisance_elements=nuisance_elements,
     )  # fmt: skip
     association = associate(
         result, templates, mode=mode, null_depth=null_depth, depth=depth, n_modes=n_modes
@@ -393,6 +482,7 @@ def find_lines(
         features,
         linelist,
         resolution=resolution,
+        window=match_window,
         tested_elements=templates.elements if untested_explain else None,
     )
     candidates.meta.update(
@@ -404,6 +494,9 @@ def find_lines(
             "resolution": resolution,
             "n_samples": result.n_samples,
             "elements": list(templates.elements),
+            "nuisance": list(templates.nuisance),
+            "strong_depth": -1.0 if strong_depth is None else strong_depth,
+            "match_window": match_window,
             **{k: v for k, v in result.meta.items() if np.isscalar(v)},
         }
     )

@@ -20,7 +20,7 @@ def register(commands: Any) -> None:
         description="Draws spectra from the model at a label point, accumulates their "
         "pixel-pixel correlation, scores every pixel against each element's known lines and "
         "writes OUT_DIR/candidates.ecsv (wavelength, element, score, significance, depth, "
-        "known, nearest_known, offset), OUT_DIR/correlation.h5 and figures "
+        "known, nearest_known, offset, kind), OUT_DIR/correlation.h5 and figures "
         "(correlation_blocks.png, mean_spectrum.png, candidate_zooms.png).",
     )
     parser.add_argument("model", type=Path, help="model directory")
@@ -139,7 +139,7 @@ def run_lines(args: argparse.Namespace) -> int:
             baseline = find_lines(empirical_correlation(survey, point), linelist, **options)
     columns = [
         "wavelength", "element", "score", "significance", "depth", "known", "nearest_known",
-        "offset", "explained_by", "associated", "nearest_other", "nearest_other_element",
+        "offset", "kind", "explained_by", "associated", "nearest_other", "nearest_other_element",
         "other_offset", "pixel", "n_pixels",
     ]  # fmt: skip
     with atomic_directory(args.out, args.overwrite) as folder:
