@@ -552,6 +552,7 @@ def find_outliers(
     settings = _Settings(n_reference, min_good_fraction, expectation, resolution, seed)
     manifest = {
         "task": "outliers",
+        "columns": 2,  # part files gained log_p_element (parts of older runs are refused)
         "model": str(Path(trained.path).resolve()),
         "source": str(getattr(source, "path", "in-memory dataset")),
         "settings": [n_reference, min_good_fraction, expectation, resolution, seed],

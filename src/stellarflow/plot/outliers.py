@@ -63,7 +63,8 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     combined = table.meta.get("rank_by") == "combined" and "log_p_combined" in table.colnames
     if combined:
         log_p = np.minimum(np.asarray(ranked["log_p_combined"], dtype=np.float64), -1e-300)
-        z_all = -special.ndtri_exp(log_p)
+        # p_combined is capped at 1 (z -> -inf there): show those stars at the left edge
+        z_all = np.maximum(-special.ndtri_exp(log_p), -4.0)
     else:
         z_all = np.asarray(ranked["z"], dtype=np.float64)
     z = z_all[np.isfinite(z_all)]
@@ -77,7 +78,10 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     counts, _, _ = ax.hist(z, bins=bins, color="0.55", label=f"{z.size} ranked stars")
     grid = np.linspace(bins[0], bins[-1], 400)
     expected = z.size * np.diff(bins).mean() * stats.norm.pdf(grid)
-    ax.plot(grid, expected, "C0", lw=1.2, label="N(0, 1): calibrated inliers")
+    reference = "N(0, 1): calibrated inliers" + (
+        " of p_tail (p_combined: to its left)" if combined else ""
+    )
+    ax.plot(grid, expected, "C0", lw=1.2, label=reference)
     ax.set_yscale("log")
     ax.set_ylim(0.5, 30.0 * max(float(counts.max()), 1.0))
     top = ranked[:top_k]
