@@ -152,6 +152,7 @@ def run_spectral(
     epochs: int,
     minutes: float,
     label_errors: bool = False,
+    options: dict | None = None,
 ) -> Table:
     """Two factor-analysis models (small vs large label set) and their variance at fixed labels."""
     import matplotlib
@@ -191,7 +192,7 @@ def run_spectral(
                     TrainConfig(
                         label_names=labels,
                         model="factor_analysis",
-                        model_options={"n_latent": 8},
+                        model_options={"n_latent": 8, **(options or {})},
                         epochs=epochs,
                         time_limit=minutes,
                         device="cpu",
@@ -258,6 +259,14 @@ def main() -> None:
         action="store_true",
         help="train the spectral models marginalising over the labels' errors",
     )
+    parser.add_argument(
+        "--spectral-option",
+        action="append",
+        default=[],
+        type=lambda text: (text.partition("=")[0], json.loads(text.partition("=")[2])),
+        help="more options of the spectral factor-analysis models, KEY=JSON_VALUE "
+        "(repeatable), e.g. label_dependent_variance=true",
+    )
     args = parser.parse_args()
     if args.spectral is not None:
         run_spectral(
@@ -268,6 +277,7 @@ def main() -> None:
             args.spectral_epochs,
             args.spectral_minutes,
             args.spectral_label_errors,
+            dict(args.spectral_option),
         )
     rows = []
     for seed in range(args.seeds):
