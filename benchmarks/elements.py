@@ -313,10 +313,11 @@ def main() -> None:
                 f"{np.max(np.abs(np.array(vals) - TRUTH[name])):.4f}  "
                 f"{np.mean(errs):.4f}  ({len(vals)})"
             )
-    first = poly[0]["start_table"]
-    print("\nseed 0 | FE_H, MG_FE: element residual_scatter median_error intrinsic independent")
-    for name, (rs, me, intr, ind) in first.items():
-        print(f"{name:7s} {rs:.4f} {me:.4f} {intr:.4f} {ind:.4f}")
+    if poly:  # --seeds 0 runs only the spectral part
+        first = poly[0]["start_table"]
+        print("\nseed 0 | FE_H, MG_FE: element residual_scatter median_error intrinsic independent")
+        for name, (rs, me, intr, ind) in first.items():
+            print(f"{name:7s} {rs:.4f} {me:.4f} {intr:.4f} {ind:.4f}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(rows, indent=1))
