@@ -223,3 +223,24 @@ def test_omnibus_ranking_and_no_line_list(setup) -> None:
     )
     with pytest.raises(DataValidationError, match="rank_by must be one of"):
         find_outliers(trained, data, rank_by="element")
+
+
+def test_score_distribution_draws_the_ranking_statistic(setup) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stellarflow.plot.outliers import plot_score_distribution
+
+    table = setup[3]
+    ranked = table[table["flag"] == ""]
+    capped = int(np.sum(np.asarray(ranked["log_p_combined"]) == 0.0))
+    figure = plot_score_distribution(table, top_k=5)
+    ax = figure.axes[0]
+    drawn = sum(patch.get_height() for patch in ax.patches)
+    assert drawn == len(ranked) - capped  # every ranked star, except those at p = 1
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert (f"{capped} more at p_combined = 1" in labels[0]) == (capped > 0)
+    assert "p_combined" in ax.get_xlabel()
+    plt.close(figure)

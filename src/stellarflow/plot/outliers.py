@@ -62,12 +62,13 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     ranked = table[table["flag"] == ""]
     combined = table.meta.get("rank_by") == "combined" and "log_p_combined" in table.colnames
     if combined:
-        log_p = np.minimum(np.asarray(ranked["log_p_combined"], dtype=np.float64), -1e-300)
-        # p_combined is capped at 1 (z -> -inf there): show those stars at the left edge
-        z_all = np.maximum(-special.ndtri_exp(log_p), -4.0)
+        log_p = np.asarray(ranked["log_p_combined"], dtype=np.float64)
+        # p_combined is capped at 1 (z = -inf): those stars are counted, not drawn
+        z_all = np.where(log_p < 0, -special.ndtri_exp(np.minimum(log_p, -1e-300)), -np.inf)
     else:
         z_all = np.asarray(ranked["z"], dtype=np.float64)
     z = z_all[np.isfinite(z_all)]
+    n_capped = int(np.sum(np.isneginf(z_all)))
     z = z[np.isfinite(z)]
     figure = ax.figure
     if z.size == 0:
@@ -75,9 +76,15 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
         return figure
     hi = max(float(z.max()), 5.0)
     bins = np.linspace(min(float(z.min()), -4.0), hi + 0.5, 80)
-    counts, _, _ = ax.hist(z, bins=bins, color="0.55", label=f"{z.size} ranked stars")
+    counts, _, _ = ax.hist(
+        z,
+        bins=bins,
+        color="0.55",
+        label=f"{z.size} ranked stars"
+        + (f" ({n_capped} more at p_combined = 1, not drawn)" if n_capped else ""),
+    )
     grid = np.linspace(bins[0], bins[-1], 400)
-    expected = z.size * np.diff(bins).mean() * stats.norm.pdf(grid)
+    expected = z_all.size * np.diff(bins).mean() * stats.norm.pdf(grid)
     reference = "N(0, 1): calibrated inliers" + (
         " of p_tail (p_combined: to its left)" if combined else ""
     )
@@ -86,6 +93,8 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     ax.set_ylim(0.5, 30.0 * max(float(counts.max()), 1.0))
     top = ranked[:top_k]
     for row, z_row in zip(top, z_all[:top_k], strict=True):
+        if not np.isfinite(z_row):
+            continue
         ax.axvline(z_row, color="C3", lw=0.8, alpha=0.7)
         ax.annotate(
             f"{row['rank']}: {row['star_id']}",
