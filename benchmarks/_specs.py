@@ -22,6 +22,12 @@ def model_options(spec: str) -> tuple[str, dict]:
     return kind, options
 
 
+def option_pair(text: str) -> tuple[str, Any]:
+    """One ``KEY=JSON_VALUE`` command-line option -> ``(key, value)``."""
+    key, _, value = text.partition("=")
+    return key, json.loads(value)
+
+
 def directory_name(spec: str) -> str:
     """A file-system-safe directory name for a spec."""
     return spec.replace(":", "_").replace(";", "_").replace("=", "").replace("/", "-")

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _specs import option_pair
 from astropy.table import Table
 
 from stellarflow.analysis.elements import (
@@ -263,7 +264,7 @@ def main() -> None:
         "--spectral-option",
         action="append",
         default=[],
-        type=lambda text: (text.partition("=")[0], json.loads(text.partition("=")[2])),
+        type=option_pair,
         help="more options of the spectral factor-analysis models, KEY=JSON_VALUE "
         "(repeatable), e.g. label_dependent_variance=true",
     )

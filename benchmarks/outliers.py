@@ -37,7 +37,6 @@ detected by it, while the baselines rank them.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import tempfile
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _specs import train_on_first
+from _specs import option_pair, train_on_first
 from scipy import stats
 
 from stellarflow.analysis.calibrate import calibrate_log_prob
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "--option",
         action="append",
         default=[],
-        type=lambda text: (text.partition("=")[0], json.loads(text.partition("=")[2])),
+        type=option_pair,
         help="more model options, KEY=JSON_VALUE (repeatable), e.g. label_dependent_variance=true",
     )
     parser.add_argument("--epochs", type=int, default=200)
