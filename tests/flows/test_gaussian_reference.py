@@ -266,3 +266,19 @@ def test_latent_flow_prior_moments_in_slices(monkeypatch) -> None:
     torch.testing.assert_close(mean, z.mean(0))
     dz = z - z.mean(0)
     torch.testing.assert_close(cov, torch.einsum("nsi,nsj->sij", dz, dz) / 499)
+
+
+def test_per_star_matmul_equals_broadcast_matmul() -> None:
+    from stellarflow.flows.linear_gaussian import per_star_matmul
+
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(4, 6, 2, generator=generator, dtype=torch.float64)
+    for shape in ((4, 6), (3, 4, 6), (2, 3, 4, 6), (3, 1, 6)):
+        x = torch.randn(shape, generator=generator, dtype=torch.float64)
+        expected = torch.einsum("...sa,sab->...sb", x.expand(*shape[:-2], 4, 6), matrix)
+        torch.testing.assert_close(per_star_matmul(x, matrix), expected)
+    # a matrix shared by several batch dimensions
+    matrix = torch.randn(2, 4, 6, 3, generator=generator, dtype=torch.float64)
+    x = torch.randn(5, 2, 4, 6, generator=generator, dtype=torch.float64)
+    expected = torch.einsum("nija,ijab->nijb", x, matrix)
+    torch.testing.assert_close(per_star_matmul(x, matrix), expected)
