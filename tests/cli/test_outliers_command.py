@@ -119,3 +119,22 @@ def test_labels_table_replaces_the_survey_labels(inputs, tmp_path) -> None:
     teff = dict(zip(labels["star_id"], labels["TEFF"], strict=True))
     assert all(row["TEFF"] == pytest.approx(teff[row["star_id"]]) for row in table)
     assert list((out / "gallery").iterdir()) == []
+
+
+def test_rank_by_option(inputs, tmp_path) -> None:
+    model, survey, _ = inputs
+    tables = {}
+    for rank_by in ("combined", "omnibus"):
+        out = tmp_path / rank_by
+        argv = ["-q", "outliers", str(model), str(survey), "--out", str(out), "--top", "2"]
+        assert main([*argv, "--rank-by", rank_by]) == 0
+        table = Table.read(out / "outliers.ecsv")
+        assert table.meta["rank_by"] == rank_by
+        ranked = table[table["flag"] == ""]
+        key = "log_p_combined" if rank_by == "combined" else "log_p_tail"
+        assert np.all(np.diff(np.asarray(ranked[key])) >= 0)
+        tables[rank_by] = table
+    # the same stars and scores, only the order differs
+    by_id = dict(zip(tables["omnibus"]["star_id"], tables["omnibus"]["p_tail"], strict=True))
+    for star, p in zip(tables["combined"]["star_id"], tables["combined"]["p_tail"], strict=True):
+        assert by_id[star] == p or (np.isnan(by_id[star]) and np.isnan(p))
