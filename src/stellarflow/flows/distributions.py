@@ -421,12 +421,15 @@ class LatentGaussianSpectra(SpectralDistribution):
             Spectra `(*sample_shape, *batch_shape, n_pixels)` and q `(*sample_shape,
             *batch_shape)`, same draws as :meth:`sample` with the same generator state.
         """
-        return self._draw(sample_shape, generator)
+        draws, fit = self._draw(sample_shape, generator)
+        observed = self._noise.observed
+        residual = torch.where(observed, (draws - self.flux_loc) / self.flux_scale - fit, 0.0)
+        return draws, (self._noise.precision * residual * residual).sum(-1)
 
     def _draw(
         self, sample_shape: Size | tuple[int, ...], generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        """Draws and the chi2 of their independent part (see :meth:`sample_with_chi2`)."""
+        r"""Draws (flux units) and their latent part :math:`\mu + W z` (standardised)."""
         shape = Size(sample_shape) + self.batch_shape
         ref = self.flux_loc
         n_errors = self.n_label_errors
@@ -440,18 +443,11 @@ class LatentGaussianSpectra(SpectralDistribution):
             z = self.temperature * eps
         else:
             z = self.prior.transform_base(eps)
-        scatter = self.intrinsic_var.sqrt() * intrinsic
-        u = self.loc + project(self.loading, z) + scatter
-        x = self.flux_loc + self.flux_scale * u
-        if noise is not None:  # the noise in standardised units, 0 at masked pixels
-            ivar_std = self.ivar * self.flux_scale**2
-            observed = ivar_std > 0
-            safe = torch.where(observed, ivar_std, torch.ones_like(ivar_std))
-            scatter = scatter + torch.where(observed, noise * safe.rsqrt(), 0.0)
-        q = (self._noise.precision * scatter * scatter).sum(-1)
+        fit = self.loc + project(self.loading, z)
+        x = self.flux_loc + self.flux_scale * (fit + self.intrinsic_var.sqrt() * intrinsic)
         if noise is None:
-            return x, q
-        return _observe(x, self.ivar, noise), q
+            return x, fit
+        return _observe(x, self.ivar, noise), fit
 
     def posterior(
         self,
