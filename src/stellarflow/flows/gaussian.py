@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from stellarflow.flows._checks import FlowInputError, check_flux, check_temperature
-from stellarflow.flows.base import QuadraticMean, SpectralModel, check_positive
+from stellarflow.flows.base import QuadraticMean, SpectralModel, check_positive, in_row_blocks
 from stellarflow.flows.distributions import (
     DiagonalGaussianSpectra,
     LatentGaussianSpectra,
@@ -317,6 +317,13 @@ class LinearGaussianModel(SpectralModel):
             loading = loading * torch.exp(features @ self.latent_scale_slopes)[..., None, :]
         return loading
 
+    def _per_star_columns(self, label_errors: bool) -> int:
+        """The per-star loading's columns when W depends on the labels or on label errors."""
+        per_star = self.loading_slopes is not None or self.latent_scale_slopes is not None
+        if not (per_star or (label_errors and self.n_context)):
+            return 0
+        return self.loading.shape[-1] + (self.n_context if label_errors else 0)
+
     def _prior(
         self, labels: Tensor | None, temperature: float, n_errors: int = 0
     ) -> LatentPrior | None:
@@ -400,9 +407,14 @@ class LinearGaussianModel(SpectralModel):
                 :math:`[z; e]`: the last ones give the true labels'
                 posterior, :math:`l \approx \hat l + \sigma_l \odot e` (standardised).
         """
-        dist = self(context, ivar=ivar, generator=generator, context_err=context_err)
-        check_flux(flux, self.n_pixels, self.flux_loc, dist._noise.observed)
-        return dist.posterior(flux)
+
+        def evaluate(flux: Tensor, ivar: Tensor | None, context: Tensor | None, err: Any) -> Any:
+            dist = self(context, ivar=ivar, generator=generator, context_err=err)
+            check_flux(flux, self.n_pixels, self.flux_loc, dist._noise.observed)
+            return dist.posterior(flux)
+
+        rows = self.block_rows(context_err is not None, torch.is_grad_enabled())
+        return in_row_blocks(evaluate, rows, flux, ivar, context, context_err)
 
     def _latent_moments(
         self,

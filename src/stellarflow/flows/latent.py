@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from zuko.distributions import NormalizingFlow
 
 from stellarflow.flows._checks import FlowInputError, check_flux
-from stellarflow.flows.base import check_positive
+from stellarflow.flows.base import check_positive, in_row_blocks
 from stellarflow.flows.gaussian import LinearGaussianModel
 from stellarflow.flows.linear_gaussian import LOG_2PI, GaussianReference
 from stellarflow.flows.results import LogProbEstimate
@@ -441,7 +441,12 @@ class LatentFlowModel(LinearGaussianModel):
             :math:`\sqrt{\sum \tilde w^2 - 1/M}`) and ``ess`` per star.
         """
         check_flux(flux, self.n_pixels, self.flux_loc, finite=False)
-        dist = self(context, ivar=ivar, generator=generator, context_err=context_err)
-        estimate = dist.log_prob_estimate(flux, n_importance)
+
+        def evaluate(flux: Tensor, ivar: Tensor | None, context: Tensor | None, err: Any) -> Any:
+            dist = self(context, ivar=ivar, generator=generator, context_err=err)
+            return dist.log_prob_estimate(flux, n_importance)
+
+        rows = self.block_rows(context_err is not None, torch.is_grad_enabled())
+        estimate = in_row_blocks(evaluate, rows, flux, ivar, context, context_err)
         self._check_result(estimate.log_prob, flux, ivar)
         return estimate

@@ -1,4 +1,4 @@
-"""Answer-key quantities of a mock survey that are not stored in its file.
+r"""Answer-key quantities of a mock survey that are not stored in its file.
 
 :func:`spectra_at_labels` draws the mock population's noise-free spectra at a fixed label
 point: the "known intrinsic scatter at fixed labels" that a deconvolved model should
@@ -7,17 +7,31 @@ reproduce (issue: noise-aware likelihood).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from astropy.table import Table
+from scipy.spatial import cKDTree
 
 from stellarflow.errors import DataValidationError
 from stellarflow.mock.config import MockConfig
+from stellarflow.mock.constants import ABUNDANCE_ELEMENTS, abundance_label
 from stellarflow.mock.linelist import make_mock_linelist
 from stellarflow.mock.population import sample_population
 from stellarflow.mock.spectra import SpectrumModel, StarParameters
 
-__all__ = ["spectra_at_labels"]
+__all__ = ["HIDDEN_PARAMETERS", "likelihood_floor", "spectra_at_labels"]
+
+HIDDEN_PARAMETERS: tuple[str, ...] = (
+    "TEFF",
+    "LOGG",
+    "FE_H",
+    *(abundance_label(e) for e in ABUNDANCE_ELEMENTS),
+    "VMICRO",
+    "VMACRO",
+    "RESOLUTION",
+)
+"""Every per-star quantity the mock's noise-free spectrum depends on (truth-table columns)."""
 
 # half-widths of the box in which population stars are taken before being moved to the point
 _DEFAULT_BOX = {"TEFF": 60.0, "LOGG": 0.12, "FE_H": 0.05}
@@ -89,3 +103,96 @@ def spectra_at_labels(
     )
     model = SpectrumModel(linelist, clean.wavelength())
     return model.flux(StarParameters.from_labels(stars))
+
+
+def _local_covariance(
+    hidden: np.ndarray, measured: np.ndarray, neighbours: np.ndarray
+) -> np.ndarray:
+    """Covariance of the hidden parameters about a linear fit in the measured labels, over
+    one star's neighbours: the spread the measured labels leave free near that star."""
+    x = np.column_stack([np.ones(neighbours.size), measured[neighbours]])
+    y = hidden[neighbours]
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ coef
+    return residual.T @ residual / max(neighbours.size - x.shape[1], 1)
+
+
+def likelihood_floor(
+    truth: Table,
+    measured: np.ndarray,
+    ivar: np.ndarray,
+    spectrum_model: SpectrumModel,
+    targets: Sequence[int] | np.ndarray,
+    *,
+    pool: Sequence[int] | np.ndarray | None = None,
+    n_neighbours: int = 400,
+    step: float = 0.25,
+) -> np.ndarray:
+    r"""Estimated irreducible gap to the oracle per star, nats: :math:`I(x; f \mid l)`.
+
+    The oracle's log-likelihood is :math:`\log p(x \mid f)` with the star's noise-free
+    spectrum f known; the best possible model of the measured labels' conditional density
+    scores :math:`\log p(x \mid l)`, and the expected difference is the mutual
+    information between the observed spectrum and f given l. Writing
+    :math:`f = f(\theta)` with :math:`\theta` the :data:`HIDDEN_PARAMETERS`, linearised at
+    the star's true :math:`\theta` (Jacobian J by central differences of
+    ``spectrum_model.flux``), with :math:`\theta \mid l \sim N(\cdot, \Sigma)` and the
+    star's Gaussian noise :math:`N = \mathrm{diag}(1/\mathrm{ivar})` on its unmasked pixels,
+
+    .. math:: I = \tfrac12 \log\det\big(1 + \Sigma^{1/2} J^T N^{-1} J \Sigma^{1/2}\big).
+
+    :math:`\Sigma` is the covariance of the true hidden parameters about a local linear fit
+    in the measured labels over the star's ``n_neighbours`` nearest stars of ``pool`` (in
+    measured labels scaled by their spread). It is an *estimate*: the linearisation
+    ignores the curvature of f over the spread :math:`\Sigma` and the Gaussian form
+    replaces the population's real (e.g. two-sequence) conditional law, which has lower
+    entropy for the same covariance, so the true floor is if anything lower.
+
+    Args:
+        truth: the mock's truth table (columns :data:`HIDDEN_PARAMETERS`), one row per star.
+        measured: `(n_stars, n_labels)` the labels the model is conditioned on, as
+            measured (same rows as ``truth``).
+        ivar: `(len(targets), n_pixels)` inverse variance of the target stars, 0 = masked.
+        spectrum_model: the mock's line formation (its true line list and grid).
+        targets: rows of ``truth`` to evaluate.
+        pool: rows whose hidden parameters define the local spread (default: all rows).
+        n_neighbours: stars per local covariance.
+        step: finite-difference half-step in units of each parameter's local spread.
+
+    Returns:
+        `(len(targets),)` nats per star, >= 0.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    pool = np.arange(len(truth)) if pool is None else np.asarray(pool, dtype=np.int64)
+    missing = [name for name in HIDDEN_PARAMETERS if name not in truth.colnames]
+    if missing:
+        raise DataValidationError(f"the truth table lacks the hidden parameters {missing}")
+    ivar = np.asarray(ivar, dtype=np.float64)
+    if ivar.shape != (targets.size, spectrum_model.n_pixels):
+        raise DataValidationError(
+            f"ivar must be (len(targets), n_pixels) = ({targets.size}, "
+            f"{spectrum_model.n_pixels}), got {ivar.shape}"
+        )
+    hidden = np.column_stack([np.asarray(truth[n], dtype=np.float64) for n in HIDDEN_PARAMETERS])
+    measured = np.asarray(measured, dtype=np.float64)
+    scaled = measured / measured[pool].std(0)
+    tree = cKDTree(scaled[pool])
+    n_hidden = hidden.shape[1]
+    floor = np.empty(targets.size)
+    for i, row in enumerate(targets):
+        _, found = tree.query(scaled[row], k=min(n_neighbours, pool.size))
+        sigma = _local_covariance(hidden, measured, pool[np.atleast_1d(found)])
+        h = step * np.sqrt(np.maximum(np.diag(sigma), 1e-12))
+        points = np.repeat(hidden[row][None], 2 * n_hidden, axis=0)
+        points[:n_hidden] += np.diag(h)
+        points[n_hidden:] -= np.diag(h)
+        columns = {name: points[:, j] for j, name in enumerate(HIDDEN_PARAMETERS)}
+        flux = spectrum_model.flux(StarParameters.from_labels(columns))
+        jac = (flux[:n_hidden] - flux[n_hidden:]).T / (2 * h)  # (n_pixels, n_hidden)
+        values, vectors = np.linalg.eigh(sigma)
+        root = vectors * np.sqrt(np.clip(values, 0.0, None))  # Sigma^(1/2) up to rotation
+        projected = jac @ root
+        fisher = projected.T @ (ivar[i][:, None] * projected)
+        eig = np.linalg.eigvalsh(fisher)
+        floor[i] = 0.5 * np.log1p(np.clip(eig, 0.0, None)).sum()
+    return floor

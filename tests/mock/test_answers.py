@@ -1,0 +1,44 @@
+"""The answer key's likelihood floor: the information a spectrum carries beyond its labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stellarflow.errors import DataValidationError
+from stellarflow.mock import MockSurvey
+from stellarflow.mock.answers import likelihood_floor
+from stellarflow.mock.spectra import SpectrumModel
+
+LABELS = ("TEFF", "LOGG", "FE_H")
+
+
+def _inputs(mock: MockSurvey) -> tuple[np.ndarray, SpectrumModel, np.ndarray, np.ndarray]:
+    measured = np.column_stack([np.asarray(mock.dataset.labels[n]) for n in LABELS])
+    model = SpectrumModel(mock.linelist, mock.dataset.wavelength)
+    observed = np.flatnonzero((np.asarray(mock.dataset.ivar) > 0).any(1))
+    targets = observed[:6]  # some stars have this whole window masked (persistence)
+    return measured, model, targets, np.asarray(mock.dataset.ivar[targets], dtype=np.float64)
+
+
+def test_floor_grows_with_signal_to_noise_and_vanishes_without_data(
+    small_mock: MockSurvey,
+) -> None:
+    measured, model, targets, ivar = _inputs(small_mock)
+    kwargs = {"n_neighbours": 100}
+    floor = likelihood_floor(small_mock.truth, measured, ivar, model, targets, **kwargs)
+    assert floor.shape == (targets.size,)
+    assert np.all(np.isfinite(floor)) and np.all(floor > 0)
+    sharper = likelihood_floor(small_mock.truth, measured, 16 * ivar, model, targets, **kwargs)
+    assert np.all(sharper > floor)
+    # Each well-measured direction gains at most 0.5 log 16 nats from 16x the inverse
+    # variance (exactly that in the high-S/N limit); there are 25 hidden parameters.
+    assert np.all(sharper - floor <= 25 * 0.5 * np.log(16) + 1e-9)
+    blind = likelihood_floor(small_mock.truth, measured, 0 * ivar, model, targets, **kwargs)
+    np.testing.assert_allclose(blind, 0.0, atol=1e-12)
+
+
+def test_floor_refuses_mismatched_noise(small_mock: MockSurvey) -> None:
+    measured, model, targets, ivar = _inputs(small_mock)
+    with pytest.raises(DataValidationError, match="ivar must be"):
+        likelihood_floor(small_mock.truth, measured, ivar[:, :10], model, targets)
