@@ -16,6 +16,11 @@ MODEL_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("cannon", "cannon", {}),
     ("factor_analysis", "factor_analysis", {"n_latent": 2}),
     ("factor_analysis_labelW", "factor_analysis", {"n_latent": 2, "label_dependent_loading": True}),
+    (
+        "factor_analysis_labelW2",
+        "factor_analysis",
+        {"n_latent": 2, "label_dependent_loading": True, "loading_degree": 2},
+    ),
     ("factor_analysis_mlp", "factor_analysis", {"n_latent": 2, "mean_hidden": 4}),
     (
         "factor_analysis_labelvar",

@@ -237,8 +237,10 @@ class FactorAnalysisConfig:
     var_floor: float = 1e-6
     mean_hidden: int = 0
     label_dependent_variance: bool = False
+    loading_degree: int = 1
 
     def __post_init__(self) -> None:
+        check_loading_degree(self.loading_degree)
         check_positive("n_pixels", self.n_pixels)
         check_positive("n_context", self.n_context, allow_zero=True)
         check_positive("n_latent", self.n_latent)
@@ -250,12 +252,20 @@ class FactorAnalysisConfig:
             )
 
 
+def check_loading_degree(degree: int) -> None:
+    """Raise :class:`FlowInputError` unless the loadings' label polynomial degree is 1 or 2."""
+    if degree not in (1, 2):
+        raise FlowInputError(f"loading_degree must be 1 (linear) or 2 (quadratic), got {degree}")
+
+
 class LinearGaussianModel(SpectralModel):
     r"""Shared machinery of models :math:`u = \mu(l) + W(l) z + \epsilon` (abstract).
 
     Parameters: ``mean`` (:class:`QuadraticMean`), ``loading`` :math:`W_0` `(n_pixels, k)`,
     optional ``loading_slopes`` :math:`W_j` `(n_context, n_pixels, k)` so that
-    :math:`W(l) = W_0 + \sum_j l_j W_j` (line responses that change with Teff), and
+    :math:`W(l) = W_0 + \sum_j l_j W_j` (line responses that change with Teff), with
+    ``loading_degree`` 2 also ``loading_curvature`` :math:`W_{ij}` `(L (L + 1) / 2, n_pixels,
+    k)` adding :math:`\sum_{i \le j} l_i l_j W_{ij}`, and
     ``log_intrinsic_var`` :math:`\eta`, :math:`\tau^2 = e^\eta + \tau_{min}^2`.
 
     With ``label_dependent_variance``, the amount of scatter at fixed labels may change with
@@ -277,13 +287,18 @@ class LinearGaussianModel(SpectralModel):
         label_dependent: bool,
         mean_hidden: int = 0,
         label_dependent_variance: bool = False,
+        loading_degree: int = 1,
     ) -> None:
         p, n_context = self.n_pixels, self.n_context
         self.mean = QuadraticMean(p, n_context, mean_hidden)
         self.loading = nn.Parameter(torch.randn(p, n_latent) / math.sqrt(p))
         self.loading_slopes: nn.Parameter | None = None
+        self.loading_curvature: nn.Parameter | None = None
         if label_dependent and n_context > 0:
             self.loading_slopes = nn.Parameter(torch.zeros(n_context, p, n_latent))
+            if loading_degree == 2:
+                n_pairs = n_context * (n_context + 1) // 2
+                self.loading_curvature = nn.Parameter(torch.zeros(n_pairs, p, n_latent))
         self.log_intrinsic_var = nn.Parameter(torch.zeros(p))
         self.latent_scale_slopes: nn.Parameter | None = None
         self.intrinsic_var_slopes: nn.Parameter | None = None
@@ -312,6 +327,9 @@ class LinearGaussianModel(SpectralModel):
             return loading
         if self.loading_slopes is not None:
             loading = loading + torch.tensordot(labels, self.loading_slopes, dims=([-1], [0]))
+        if self.loading_curvature is not None:
+            pairs = quadratic_features(labels, labels)[..., 1 + self.n_context :]
+            loading = loading + torch.tensordot(pairs, self.loading_curvature, dims=([-1], [0]))
         if self.latent_scale_slopes is not None:
             features = quadratic_features(labels, labels)[..., 1:]
             loading = loading * torch.exp(features @ self.latent_scale_slopes)[..., None, :]
@@ -477,9 +495,12 @@ class LinearGaussianModel(SpectralModel):
         k = self.loading.shape[-1]
         loading, tau2 = _warm_start(self, self.mean, flux, ivar, context, k, generator)
         self.loading.copy_(loading)
-        if self.loading_slopes is not None:
-            self.loading_slopes.zero_()
-        for slopes in (self.latent_scale_slopes, self.intrinsic_var_slopes):
+        for slopes in (
+            self.loading_slopes,
+            self.loading_curvature,
+            self.latent_scale_slopes,
+            self.intrinsic_var_slopes,
+        ):
             if slopes is not None:
                 slopes.zero_()
         self.log_intrinsic_var.copy_(torch.log(tau2))
@@ -508,6 +529,9 @@ class FactorAnalysisModel(LinearGaussianModel):
         label_dependent_variance: let the latent scales and the per-pixel intrinsic
             variance change with the labels (log-quadratic; see
             :class:`LinearGaussianModel`).
+        loading_degree: 1: W(l) linear in the labels; 2: quadratic (with
+            ``label_dependent_loading``; the extra terms start at zero, so a degree-1 model
+            loaded by ``init_from`` is where training starts).
     """
 
     kind = "factor_analysis"
@@ -521,6 +545,7 @@ class FactorAnalysisModel(LinearGaussianModel):
         var_floor: float = 1e-6,
         mean_hidden: int = 0,
         label_dependent_variance: bool = False,
+        loading_degree: int = 1,
     ) -> None:
         super().__init__(n_pixels, n_context)
         self.options = FactorAnalysisConfig(
@@ -531,5 +556,8 @@ class FactorAnalysisModel(LinearGaussianModel):
             var_floor,
             mean_hidden,
             label_dependent_variance,
+            loading_degree,
         )
-        self._build_linear(n_latent, label_dependent_loading, mean_hidden, label_dependent_variance)
+        self._build_linear(
+            n_latent, label_dependent_loading, mean_hidden, label_dependent_variance, loading_degree
+        )

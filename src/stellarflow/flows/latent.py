@@ -74,7 +74,7 @@ from zuko.distributions import NormalizingFlow
 
 from stellarflow.flows._checks import FlowInputError, check_flux
 from stellarflow.flows.base import check_positive, in_row_blocks
-from stellarflow.flows.gaussian import LinearGaussianModel
+from stellarflow.flows.gaussian import LinearGaussianModel, check_loading_degree
 from stellarflow.flows.linear_gaussian import LOG_2PI, GaussianReference
 from stellarflow.flows.results import LogProbEstimate
 from stellarflow.flows.splines import RationalQuadraticSpline
@@ -235,8 +235,10 @@ class LatentFlowConfig:
     proposal_refinements: int = 0
     var_floor: float = 1e-6
     label_dependent_variance: bool = False
+    loading_degree: int = 1
 
     def __post_init__(self) -> None:
+        check_loading_degree(self.loading_degree)
         check_positive("n_pixels", self.n_pixels)
         check_positive("n_context", self.n_context, allow_zero=True)
         for name in ("n_latent", "flow_transforms", "flow_hidden", "flow_depth"):
@@ -292,6 +294,8 @@ class LatentFlowModel(LinearGaussianModel):
         label_dependent_variance: let the per-pixel intrinsic variance (and the latent
             scales) change with the labels, log-quadratically (see
             :class:`~stellarflow.flows.gaussian.LinearGaussianModel`).
+        loading_degree: 1: W(l) linear in the labels; 2: quadratic (with
+            ``label_dependent_loading``).
     """
 
     kind = "latent_flow"
@@ -312,6 +316,7 @@ class LatentFlowModel(LinearGaussianModel):
         proposal_refinements: int = 0,
         var_floor: float = 1e-6,
         label_dependent_variance: bool = False,
+        loading_degree: int = 1,
     ) -> None:
         super().__init__(n_pixels, n_context)
         self.options = LatentFlowConfig(
@@ -329,8 +334,11 @@ class LatentFlowModel(LinearGaussianModel):
             proposal_refinements,
             var_floor,
             label_dependent_variance,
+            loading_degree,
         )
-        self._build_linear(n_latent, label_dependent_loading, mean_hidden, label_dependent_variance)
+        self._build_linear(
+            n_latent, label_dependent_loading, mean_hidden, label_dependent_variance, loading_degree
+        )
         # zuko's NSF with our spline parametrisation (flows.splines): same transform, faster
         # knots on CPU, identity at zero parameters.
         self.prior_flow = zuko.flows.MAF(
