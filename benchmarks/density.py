@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "--models",
         default="cannon,factor_analysis:n_latent=8,factor_analysis:n_latent=16,latent_flow",
         help="comma-separated kind[:opt=value;opt=value] specs (init_from=MODEL_DIR: staged "
-        "training from that model, whose own training time is not included); kind "
+        "training from that model, whose own training time is not included; epochs, "
+        "time_limit (minutes) and learning_rate override the run's for that model); kind "
         "pca_maf[:n_components=64] is baseline (c), a zuko MAF on PCA coefficients",
     )
     parser.add_argument("--time-limit", type=float, default=30.0, help="minutes per model")
@@ -273,14 +274,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = (args.out or work) / directory_name(spec)
         init_from = options.pop("init_from", None)  # staged training: start from that model
+        training = {
+            "epochs": options.pop("epochs", args.epochs),
+            "time_limit": options.pop("time_limit", args.time_limit),
+            "learning_rate": options.pop("learning_rate", TrainConfig.learning_rate),
+        }
         config = TrainConfig(
             label_names=LABELS,
             model=kind,
             model_options=options,
             init_from=init_from,
-            epochs=args.epochs,
-            time_limit=args.time_limit,
             seed=args.seed,
+            **training,
         )
         result = train_model(train, config, out, overwrite=True)
         trained = load_model(out)
