@@ -44,11 +44,11 @@ __all__ = [
 _BLOCK_ELEMENTS = 1 << 23
 """Numbers per star-block of per-pixel work (32 MB in float32): :meth:`SpectralModel.block_rows`.
 
-Measured at 7,514 pixels on the 2-core CPU (``benchmarks/flows_speed.py --blocks-only``): factor
-analysis k = 16 scores 13,100 spectra/s in blocks of 128 stars and 1,500/s in one block of
-1,024; with label-dependent loadings (a 7,514 x 16 loading per star) 5,100/s in blocks of 32
-against 790/s in blocks of 1,024. The work is memory-bound: it pays to keep each block's
-arrays in the caches."""
+Measured at 7,514 pixels on the 2-core CPU (``benchmarks/flows_speed.py --blocks-only``):
+factor analysis k = 16 scores ~11,000 spectra/s in blocks of 139 stars and 1,500-5,300/s
+(erratic) in one block of 1,024; with label-dependent loadings (a 7,514 x 16 loading per
+star) 5,600/s in blocks of 46 against 1,300/s in one block. The work is memory-bound: it
+pays to keep each block's arrays in the caches."""
 
 
 def check_positive(name: str, value: int | float, *, allow_zero: bool = False) -> None:
