@@ -115,3 +115,27 @@ def test_block_rows_shrink_with_per_star_loadings() -> None:
     # Training with one shared loading is fastest unblocked; per-star loadings still block.
     assert shared.block_rows(gradient=True) > 10**9
     assert per_star.block_rows(gradient=True) == per_star.block_rows()
+
+
+def test_quadratic_loadings_start_at_the_linear_model() -> None:
+    """loading_degree=2 adds terms that start at zero: a degree-1 model's weights load into
+    it (as ``init_from`` does) and give the same log_prob; nonzero curvature changes it."""
+    linear = perturbed_model(
+        "factor_analysis", P, L, {"n_latent": 2, "label_dependent_loading": True}
+    )
+    quadratic = build_model(
+        "factor_analysis", P, L, n_latent=2, label_dependent_loading=True, loading_degree=2
+    )
+    missing, unexpected = quadratic.load_state_dict(linear.state_dict(), strict=False)
+    assert missing == ["loading_curvature"] and unexpected == []
+    flux, ivar, context = random_batch(N, P, L)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            quadratic.observed_log_prob(flux, ivar, context),
+            linear.observed_log_prob(flux, ivar, context),
+        )
+        quadratic.loading_curvature.normal_(0, 0.3)
+        assert not torch.allclose(
+            quadratic.observed_log_prob(flux, ivar, context),
+            linear.observed_log_prob(flux, ivar, context),
+        )

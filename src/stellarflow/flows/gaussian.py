@@ -325,13 +325,13 @@ class LinearGaussianModel(SpectralModel):
         loading = self.loading
         if labels is None:
             return loading
+        features = quadratic_features(labels, labels)[..., 1:]  # [l_i, l_i l_j (i <= j)]
         if self.loading_slopes is not None:
             loading = loading + torch.tensordot(labels, self.loading_slopes, dims=([-1], [0]))
         if self.loading_curvature is not None:
-            pairs = quadratic_features(labels, labels)[..., 1 + self.n_context :]
+            pairs = features[..., self.n_context :]
             loading = loading + torch.tensordot(pairs, self.loading_curvature, dims=([-1], [0]))
         if self.latent_scale_slopes is not None:
-            features = quadratic_features(labels, labels)[..., 1:]
             loading = loading * torch.exp(features @ self.latent_scale_slopes)[..., None, :]
         return loading
 
