@@ -45,10 +45,10 @@ _BLOCK_ELEMENTS = 1 << 23
 """Numbers per star-block of per-pixel work (32 MB in float32): :meth:`SpectralModel.block_rows`.
 
 Measured at 7,514 pixels on the 2-core CPU (``benchmarks/flows_speed.py --blocks-only``):
-factor analysis k = 16 scores ~11,000 spectra/s in blocks of 139 stars and 1,500-5,300/s
+factor analysis k = 16 scores 9,800-13,100 spectra/s in blocks of 139 stars and 1,300-5,300/s
 (erratic) in one block of 1,024; with label-dependent loadings (a 7,514 x 16 loading per
-star) 5,600/s in blocks of 46 against 1,300/s in one block. The work is memory-bound: it
-pays to keep each block's arrays in the caches."""
+star) 3,400-5,600/s in blocks of 46 against 375-1,300/s in one block. The work is
+memory-bound: it pays to keep each block's arrays in the caches."""
 
 
 def check_positive(name: str, value: int | float, *, allow_zero: bool = False) -> None:
@@ -280,9 +280,10 @@ class SpectralModel(nn.Module):
         Args:
             label_errors: whether label errors are marginalised (more per-star columns).
             gradient: whether gradients will be taken. Training blocks only when each star
-                has its own loading matrix: measured at 7,514 pixels, blocks make a training
-                step with one shared loading ~15% slower and one with per-star loadings
-                ~1.9x faster.
+                has its own loading matrix: measured at 7,514 pixels
+                (``benchmarks/flows_speed.py --blocks-only``), blocks make a training step
+                with one shared loading 5-12% slower and one with per-star loadings
+                2.0-2.6x faster.
 
         Returns:
             Stars per block (>= 8; a huge number when blocking does not pay).
