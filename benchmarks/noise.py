@@ -24,6 +24,9 @@ and writes ``noise_samples.png`` (low-S/N training spectra near the point beside
 samples of both models) and ``intrinsic_scatter.png`` to ``--out``, plus ``noise.json``.
 ``--reuse DIR`` takes an already trained aware model from ``DIR/<spec>`` (as written by
 ``benchmarks/density.py --out DIR``) and a naive one from ``DIR/<spec>_naive`` when present.
+``--polish N`` adds, for every noise-aware factor-analysis model (label-independent loadings
+and scatter), a row for the same model after N closed-form ECM iterations on its intrinsic
+variance over the training stars (:func:`stellarflow.flows.polish_intrinsic_variance`).
 ``--label-errors`` adds a third variant: the aware model fine-tuned for
 ``--fine-tune-epochs`` with each star's label errors marginalised (``TrainConfig.label_errors``).
 """
@@ -31,6 +34,8 @@ samples of both models) and ``intrinsic_scatter.png`` to ``--out``, plus ``noise
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import tempfile
 import time
@@ -48,6 +53,7 @@ from scipy import stats
 from stellarflow.analysis.calibrate import calibrate_log_prob
 from stellarflow.analysis.sampling import parse_label_point, stars_near
 from stellarflow.data.dataset import SpectralDataset
+from stellarflow.flows import FlowInputError, polish_intrinsic_variance
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
 from stellarflow.mock.answers import spectra_at_labels
@@ -117,6 +123,24 @@ def _noise_free_samples(model, point: dict[str, float], n: int) -> np.ndarray:
         return model(context).sample(generator=generator).double().numpy()
 
 
+def _polished(model, train: SpectralDataset, n_iter: int):
+    """A copy of ``model`` with tau^2 polished on the training stars, or None if unsupported."""
+    polished = copy.deepcopy(model)
+    try:
+        steps = polish_intrinsic_variance(
+            polished,
+            torch.as_tensor(train.flux),
+            torch.as_tensor(train.ivar),
+            torch.as_tensor(train.label_array(LABELS), dtype=torch.float32),
+            n_iter=n_iter,
+        )
+    except FlowInputError as err:
+        print(f"  no polish: {err}")
+        return None
+    print(f"  polished: largest |step| in log tau^2 per iteration {np.round(steps, 3).tolist()}")
+    return polished
+
+
 def _evaluate(trained, test, truth, inlier, naive: bool, n_reference: int) -> dict:
     data = _naive(test) if naive else test
     context = test.label_array(LABELS)
@@ -150,6 +174,22 @@ def _evaluate(trained, test, truth, inlier, naive: bool, n_reference: int) -> di
     }
 
 
+def _add_polished(
+    results, name, trained, train, test, truth, inlier, args, point, known_std, signal
+) -> None:
+    """Evaluate ``trained`` after ``args.polish`` tau^2 polish iterations, as its own row."""
+    polished = _polished(trained.model, train, args.polish)
+    if polished is None:
+        return
+    row = _evaluate(
+        dataclasses.replace(trained, model=polished), test, truth, inlier, False, args.n_reference
+    )
+    std = _intrinsic_std(polished, point)
+    row.update(_scatter_ratio(std[signal] / known_std[signal]))
+    results[f"{name} + tau2 polish {args.polish}"] = row
+    print(json.dumps({"model": f"{name} + tau2 polish {args.polish}", **row}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survey", type=Path, default=None)
@@ -174,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=10,
         help="epochs of the label-errors model, started from the aware model",
+    )
+    parser.add_argument(
+        "--polish",
+        type=int,
+        default=0,
+        help="also evaluate each aware factor-analysis model after N tau^2 polish iterations",
     )
     parser.add_argument(
         "--no-naive",
@@ -240,6 +286,20 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{spec} {variant}"] = row
             samples[f"{spec} {variant}"] = (_noise_free_samples(trained.model, point, 20), std)
             print(json.dumps({"model": f"{spec} {variant}", **row}))
+            if args.polish and variant == "aware":
+                _add_polished(
+                    results,
+                    f"{spec} {variant}",
+                    trained,
+                    train,
+                    test,
+                    truth,
+                    inlier,
+                    args,
+                    point,
+                    known_std,
+                    signal,
+                )
 
     for path in filter(None, args.extra_models.split(",")):
         trained = load_model(path)
@@ -249,6 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         row.update(_scatter_ratio(std[signal] / known_std[signal]))
         results[Path(path).name] = row
         print(json.dumps({"model": path, **row}))
+        if args.polish:
+            _add_polished(
+                results,
+                Path(path).name,
+                trained,
+                train,
+                test,
+                truth,
+                inlier,
+                args,
+                point,
+                known_std,
+                signal,
+            )
 
     print()
     header = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -21,8 +22,11 @@ def _survey(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     tau = 0.01 + 0.03 * torch.rand(N_PIXELS, generator=gen, dtype=torch.float64)
     mean = 1 - 0.3 * labels * torch.linspace(0.2, 1, N_PIXELS, dtype=torch.float64)
     z = torch.randn(N_STARS, N_LATENT, generator=gen, dtype=torch.float64)
-    intrinsic = mean + z @ loading.T + tau * torch.randn(N_STARS, N_PIXELS, generator=gen,
-                                                         dtype=torch.float64)
+    intrinsic = (
+        mean
+        + z @ loading.T
+        + tau * torch.randn(N_STARS, N_PIXELS, generator=gen, dtype=torch.float64)
+    )
     sigma = (0.003 + 0.05 * torch.rand(N_STARS, 1, generator=gen, dtype=torch.float64)).expand(
         -1, N_PIXELS
     )
@@ -53,7 +57,7 @@ def test_polish_raises_the_likelihood_every_iteration():
     for _ in range(5):
         polish_intrinsic_variance(model, flux, ivar, labels, n_iter=1)
         values.append(_mean_log_prob(model, flux, ivar, labels))
-    assert all(b >= a - 1e-9 for a, b in zip(values, values[1:]))
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(values))
     assert values[-1] > values[0] + 0.1  # nats per star: a real improvement
 
 
@@ -95,7 +99,7 @@ def test_masked_pixels_do_not_change_the_polish():
 def test_unsupported_models_are_refused(kind, options):
     model = build_model(kind, N_PIXELS, 1, **options)
     flux = torch.ones(4, N_PIXELS)
-    with pytest.raises(FlowInputError, match="factor_analysis|label-independent"):
+    with pytest.raises(FlowInputError, match=r"factor_analysis|label-independent"):
         polish_intrinsic_variance(model, flux, torch.ones_like(flux), torch.ones(4, 1))
 
 

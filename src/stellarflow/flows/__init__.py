@@ -18,6 +18,9 @@ Models (``build_model(kind, n_pixels, n_context, **config)``):
   under the same linear-Gaussian observation model (importance-sampled estimate).
 * ``"coupling"`` :class:`SpectralCouplingFlow`: spline coupling flow over all pixels (exact,
   no noise model).
+
+After training, :func:`polish_intrinsic_variance` refines a factor-analysis model's per-pixel
+intrinsic variance in closed form (ECM steps; see :mod:`stellarflow.flows.polish`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from stellarflow.flows.coupling import SpectralCouplingFlow
 from stellarflow.flows.distributions import DiagonalGaussianSpectra, LatentGaussianSpectra
 from stellarflow.flows.gaussian import CannonModel, FactorAnalysisModel
 from stellarflow.flows.latent import LatentFlowModel
+from stellarflow.flows.polish import polish_intrinsic_variance
 from stellarflow.flows.registry import DEFAULT_KIND, MODEL_KINDS, build_model
 from stellarflow.flows.results import CovarianceFactors, LogProbEstimate, PosteriorPrediction
 
@@ -46,4 +50,5 @@ __all__ = [
     "SpectralCouplingFlow",
     "SpectralModel",
     "build_model",
+    "polish_intrinsic_variance",
 ]
