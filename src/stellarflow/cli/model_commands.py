@@ -78,6 +78,14 @@ def register(commands: Any) -> None:
         help="start from a trained model's shared parameters instead of the data warm "
         "start (e.g. a factor_analysis model for a latent_flow with the same n_latent)",
     )
+    train.add_argument(
+        "--polish",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after training, N closed-form passes refining a factor_analysis model's "
+        "per-pixel intrinsic variance (kept only if validation improves; default 0)",
+    )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out")
     train.set_defaults(handler=run_train)
@@ -170,6 +178,7 @@ def run_train(args: argparse.Namespace) -> int:
             label_errors=args.label_errors,
             model_options=_model_options(args.option),
             init_from=args.init_from,
+            polish_iterations=args.polish,
         )
     except ValueError as err:
         raise DataValidationError(f"invalid training settings: {err}") from None

@@ -23,6 +23,8 @@ likelihood (generalised EM); the tests check the increase.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 import torch
 from torch import Tensor
 
@@ -31,10 +33,11 @@ from stellarflow.flows.base import star_chunks
 from stellarflow.flows.gaussian import FactorAnalysisModel
 from stellarflow.flows.linear_gaussian import GaussianReference, latent_posterior, noise_model
 
-__all__ = ["polish_intrinsic_variance"]
+__all__ = ["check_polishable", "polish_in_passes", "polish_intrinsic_variance"]
 
 
-def _check_polishable(model: torch.nn.Module) -> FactorAnalysisModel:
+def check_polishable(model: torch.nn.Module) -> FactorAnalysisModel:
+    """``model`` if the polish supports it, else :class:`FlowInputError` saying why."""
     if not isinstance(model, FactorAnalysisModel):
         raise FlowInputError(
             f"polish_intrinsic_variance needs a factor_analysis model, got {type(model).__name__}"
@@ -104,7 +107,7 @@ def polish_intrinsic_variance(
     Raises:
         FlowInputError: unsupported model, or inputs of the wrong shape.
     """
-    model = _check_polishable(model)
+    model = check_polishable(model)
     if n_iter < 0 or max_step <= 0 or chunk_size < 1:
         raise FlowInputError(
             f"need n_iter >= 0, max_step > 0 and chunk_size >= 1, got {n_iter}, {max_step}, "
@@ -118,14 +121,41 @@ def polish_intrinsic_variance(
             "variance (0 = masked)"
         )
     flux = torch.where(ivar > 0, flux, torch.ones_like(flux))  # masked: any finite value
+
+    def one_pass() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        for part in star_chunks(flux.shape[0], chunk_size):
+            yield flux[part], ivar[part], None if context is None else context[part]
+
+    return polish_in_passes(model, one_pass, n_iter=n_iter, max_step=max_step)
+
+
+@torch.no_grad()
+def polish_in_passes(
+    model: FactorAnalysisModel,
+    one_pass: Callable[[], Iterable[tuple[Tensor, Tensor, Tensor | None]]],
+    *,
+    n_iter: int = 4,
+    max_step: float = 1.0,
+) -> list[float]:
+    r""":func:`polish_intrinsic_variance` over chunks from a callable (out-of-core surveys).
+
+    Args:
+        model: as in :func:`polish_intrinsic_variance`.
+        one_pass: returns a fresh iterable of ``(flux, ivar, context)`` chunks covering the
+            training stars once (masked pixels must hold finite values).
+        n_iter: E/CM iterations.
+        max_step: largest change of :math:`\log \tau^2` per pixel and iteration.
+
+    Returns:
+        Per iteration, the largest absolute change of :math:`\log \tau^2`.
+    """
+    model = check_polishable(model)
     changes = []
     for _ in range(n_iter):
-        grad = flux.new_zeros(model.n_pixels, dtype=torch.float64)
+        grad = torch.zeros(model.n_pixels, dtype=torch.float64, device=model.loading.device)
         hess = torch.zeros_like(grad)
-        for part in star_chunks(flux.shape[0], chunk_size):
-            g, h = _newton_sums(
-                model, flux[part], ivar[part], None if context is None else context[part]
-            )
+        for flux, ivar, context in one_pass():
+            g, h = _newton_sums(model, flux, ivar, context)
             grad += g
             hess += h
         tau2 = model.intrinsic_var().detach().double()

@@ -58,6 +58,11 @@ class TrainConfig:
             ``factor_analysis`` (minutes), then ``latent_flow`` with the same ``n_latent``
             from it: the flow starts as the identity, so training begins exactly at the
             factor-analysis model and only has to improve on it. None: warm start from data.
+        polish_iterations: after training, this many closed-form ECM passes over the
+            training stars refine the per-pixel intrinsic variance of a factor-analysis model
+            (label-independent loadings and scatter, no label errors;
+            :func:`stellarflow.flows.polish_intrinsic_variance`); kept only if the
+            validation loss improves. 0: no polish.
     """
 
     label_names: tuple[str, ...]
@@ -80,6 +85,7 @@ class TrainConfig:
     min_good_fraction: float = 0.5
     label_errors: bool = False
     init_from: str | None = None
+    polish_iterations: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_names", tuple(self.label_names))
@@ -118,6 +124,12 @@ class TrainConfig:
             object.__setattr__(self, "init_from", str(self.init_from))
         if self.label_errors and not self.label_names:
             raise ValueError("label_errors needs labels; an unconditional model has none")
+        if int(self.polish_iterations) != self.polish_iterations or self.polish_iterations < 0:
+            raise ValueError(
+                f"polish_iterations must be an integer >= 0, got {self.polish_iterations}"
+            )
+        if self.polish_iterations and self.label_errors:
+            raise ValueError("polish_iterations does not support label_errors; set one of them")
 
     @property
     def error_names(self) -> tuple[str, ...]:

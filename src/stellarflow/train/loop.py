@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,7 @@ def train_model(
     """
     from stellarflow import __version__
     from stellarflow.flows import FlowInputError, build_model
+    from stellarflow.flows.polish import check_polishable
 
     start_time = time.monotonic()
     dist = dist or Distributed()
@@ -305,6 +306,11 @@ def train_model(
             model = build_model(config.model, source.n_pixels, n_context, **config.model_options)
         except FlowInputError as err:
             raise TrainingError(f"cannot build the model: {err}") from None
+    if config.polish_iterations:
+        try:
+            check_polishable(model)
+        except FlowInputError as err:
+            raise TrainingError(f"cannot polish: {err}; train without --polish") from None
     if config.label_errors and not getattr(model, "noise_aware", True):
         raise TrainingError(
             f"label_errors needs a model with a noise model (cannon, factor_analysis, "
@@ -467,11 +473,17 @@ def train_model(
             break
     if bar is not None:
         bar.close()
+    polish = None
+    if config.polish_iterations and best_epoch >= 0:
+        polish = _polish(model, source, train_blocks, val_blocks, config, device, dist, out)
+        if polish["kept"]:
+            best = polish["validation_after"]
     if dist.is_main:
         write_json(
             out / "metadata.json",
             {
                 **metadata_base,
+                **({"polish": polish} if polish is not None else {}),
                 "history": history,
                 "best_epoch": best_epoch,
                 "best_validation_nats_per_pixel": best,
@@ -490,6 +502,58 @@ def train_model(
         history=history,
         seconds=time.monotonic() - start_time,
     )
+
+
+def _polish(
+    model: torch.nn.Module,
+    source: SpectraSource | SpectralDataset,
+    train_blocks: np.ndarray,
+    val_blocks: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    dist: Distributed,
+    out: Path,
+) -> dict[str, Any]:
+    """Polish tau^2 of the best weights on the training blocks; keep it if validation improves.
+
+    Every rank runs the same deterministic passes over all training blocks, so the ranks stay
+    identical; the main rank rewrites ``model.pt`` atomically when the polish is kept.
+    """
+    from stellarflow.flows.polish import polish_in_passes
+
+    model.load_state_dict(load_torch(out / "model.pt"))
+    before = evaluate(model, source, val_blocks, config, device, dist)
+    dtype = _dtype(model)
+
+    def one_pass() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        for batch in iter_batches(
+            source,
+            train_blocks,
+            256,
+            config.label_names,
+            min_good_fraction=config.min_good_fraction,
+        ):
+            flux, ivar, labels, _ = _tensors(batch, device, dtype)
+            flux = torch.where(ivar > 0, flux, torch.ones_like(flux))
+            yield flux, ivar, labels if config.label_names else None
+
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    model.eval()
+    steps = polish_in_passes(model, one_pass, n_iter=config.polish_iterations)
+    after = evaluate(model, source, val_blocks, config, device, dist)
+    kept = after < before
+    if not kept:
+        model.load_state_dict(saved)
+    elif dist.is_main:
+        save_torch(out / "model.pt", model.state_dict())
+    dist.barrier()
+    return {
+        "iterations": config.polish_iterations,
+        "max_log_tau2_step": steps,
+        "validation_before": before,
+        "validation_after": after,
+        "kept": bool(kept),
+    }
 
 
 def _run_epoch(

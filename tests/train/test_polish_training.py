@@ -1,0 +1,50 @@
+"""``TrainConfig.polish_iterations`` / ``train --polish``: the tau^2 polish after training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stellarflow.train.batches import split_blocks
+from stellarflow.train.checkpoint import load_model
+from stellarflow.train.config import TrainConfig, TrainingError
+from stellarflow.train.loop import evaluate, train_model
+from tests.train._data import tiny_config, training_set
+
+
+def test_polish_is_recorded_and_never_worsens_validation(tmp_path) -> None:
+    data = training_set()
+    config = tiny_config("factor_analysis", epochs=2, polish_iterations=3)
+    result = train_model(data, config, tmp_path / "fa")
+    meta = json.loads((tmp_path / "fa" / "metadata.json").read_text())
+    polish = meta["polish"]
+    assert polish["iterations"] == 3 and len(polish["max_log_tau2_step"]) == 3
+    assert min(polish["validation_before"], polish["validation_after"]) == pytest.approx(
+        meta["best_validation_nats_per_pixel"]
+    )
+    assert result.best_validation == pytest.approx(meta["best_validation_nats_per_pixel"])
+    # the saved weights are the ones whose validation loss is recorded
+    trained = load_model(tmp_path / "fa")
+    _, val_blocks = split_blocks(
+        data.n_stars, config.block_size, config.validation_fraction, config.seed
+    )
+    with torch.no_grad():
+        loss = evaluate(trained.model, data, val_blocks, config, torch.device("cpu"))
+    assert loss == pytest.approx(meta["best_validation_nats_per_pixel"], rel=1e-5, abs=1e-6)
+
+
+def test_polish_of_an_unsupported_model_is_refused_before_training(tmp_path) -> None:
+    config = tiny_config("latent_flow", polish_iterations=2)
+    with pytest.raises(TrainingError, match="cannot polish"):
+        train_model(training_set(), config, tmp_path / "lf")
+    assert not (tmp_path / "lf" / "model.pt").exists()
+
+
+def test_polish_settings_are_validated() -> None:
+    base = tiny_config("factor_analysis").to_dict()
+    with pytest.raises(ValueError, match="polish_iterations"):
+        TrainConfig.from_dict({**base, "polish_iterations": -1})
+    with pytest.raises(ValueError, match="label_errors"):
+        TrainConfig.from_dict({**base, "polish_iterations": 2, "label_errors": True})
