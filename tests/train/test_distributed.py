@@ -96,14 +96,23 @@ def test_the_train_command_runs_under_torchrun(runs: Path) -> None:
     assert (runs / "cli_model" / "training_curve.png").is_file()
 
 
-def test_sharded_scoring_equals_single_process_scoring_exactly(runs: Path) -> None:
+def _assert_same_column(got, expected, name: str) -> None:
+    """Equal; floats up to float32 rounding: a shard evaluates a different number of stars
+    per call, and BLAS may block such products differently (seen on AMD EPYC)."""
+    if np.issubdtype(np.asarray(expected).dtype, np.floating):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5, err_msg=name)
+    else:
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_sharded_scoring_equals_single_process_scoring(runs: Path) -> None:
     single = Table.read(runs / "scores.ecsv")
     for name in ("ddp_scores.ecsv", "resumed.ecsv"):
         sharded = Table.read(runs / name)
         assert list(sharded["star_id"]) == list(single["star_id"])  # each star once, in order
         assert len(set(sharded["star_id"])) == 96
         for column in single.colnames:
-            np.testing.assert_array_equal(sharded[column], single[column], err_msg=column)
+            _assert_same_column(sharded[column], single[column], column)
         assert not parts_folder(runs / name).exists()  # merged and removed
 
 
@@ -114,7 +123,7 @@ def test_sharded_outlier_ranking_equals_single_process(runs: Path) -> None:
     sharded = Table.read(runs / "ddp_outliers.ecsv")
     assert list(sharded["star_id"]) == list(single["star_id"])
     for column in ("log_prob", "log_p_tail", "z", "flag", "top_element"):
-        np.testing.assert_array_equal(sharded[column], single[column], err_msg=column)
+        _assert_same_column(sharded[column], single[column], column)
 
 
 def test_shards_are_contiguous_and_cover_every_item_once() -> None:
