@@ -1,10 +1,10 @@
 r"""Closed-form polish of a trained factor-analysis model's intrinsic variance (ECM steps).
 
 Minibatch Adam leaves the per-pixel intrinsic variance :math:`\tau^2` of the
-linear-Gaussian models poorly converged: where a star's own noise :math:`\sigma^2`
-dominates, the gradient in :math:`\tau^2` is weak, so tau^2 settles too high for most stars
-and, at high S/N, their calibrated scores drift (docs/design.md, "Polishing tau^2"). One
-expectation / conditional-maximisation step, with the mean and loadings held fixed:
+linear-Gaussian models short of its optimum: where a star's own noise :math:`\sigma^2`
+dominates, the gradient in :math:`\tau^2` is weak (BENCHMARKS.md and docs/design.md,
+"tau^2 polish", session 6). One expectation / conditional-maximisation step, with the mean
+and loadings held fixed:
 
 * E-step: for every training star the exact Gaussian posterior of the latent vector,
   :math:`N(m_n, V_n)`, and per pixel the expected squared residual
@@ -16,9 +16,10 @@ expectation / conditional-maximisation step, with the mean and loadings held fix
   ``max_step`` in :math:`\log \tau^2`.
 
 Each iteration is one pass over the stars, :math:`O(n\,p\,k^2)`, like one epoch of scoring.
-The step maximises a surrogate that touches the log-likelihood at the current point, so a
-full Newton step that stays inside the surrogate's concave region does not lower the
-likelihood (generalised EM); the tests check the increase.
+Any step that raises the surrogate (the expected complete log-likelihood) raises the
+log-likelihood (generalised EM); a clipped Newton step on a concave surrogate normally does,
+and the tests check the increase on data. ``train --polish`` keeps the result only if the
+validation loss improves.
 """
 
 from __future__ import annotations
