@@ -174,22 +174,6 @@ def _evaluate(trained, test, truth, inlier, naive: bool, n_reference: int) -> di
     }
 
 
-def _add_polished(
-    results, name, trained, train, test, truth, inlier, args, point, known_std, signal
-) -> None:
-    """Evaluate ``trained`` after ``args.polish`` tau^2 polish iterations, as its own row."""
-    polished = _polished(trained.model, train, args.polish)
-    if polished is None:
-        return
-    row = _evaluate(
-        dataclasses.replace(trained, model=polished), test, truth, inlier, False, args.n_reference
-    )
-    std = _intrinsic_std(polished, point)
-    row.update(_scatter_ratio(std[signal] / known_std[signal]))
-    results[f"{name} + tau2 polish {args.polish}"] = row
-    print(json.dumps({"model": f"{name} + tau2 polish {args.polish}", **row}))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survey", type=Path, default=None)
@@ -260,6 +244,20 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     samples = {}
+
+    def evaluate_row(trained, naive: bool = False) -> tuple[dict, np.ndarray]:
+        row = _evaluate(trained, test, truth, inlier, naive, args.n_reference)
+        std = _intrinsic_std(trained.model, point)
+        row.update(_scatter_ratio(std[signal] / known_std[signal]))
+        return row, std
+
+    def add_polished(name: str, trained) -> None:
+        polished = _polished(trained.model, train, args.polish)
+        if polished is not None:
+            key = f"{name} + tau2 polish {args.polish}"
+            results[key], _ = evaluate_row(dataclasses.replace(trained, model=polished))
+            print(json.dumps({"model": key, **results[key]}))
+
     for spec in filter(None, args.models.split(",")):
         name = directory_name(spec)
         aware_dir = args.reuse / name if args.reuse else None
@@ -280,49 +278,20 @@ def main(argv: list[str] | None = None) -> int:
         for variant, path in variants:
             trained = load_model(path)
             trained.model.eval()
-            row = _evaluate(trained, test, truth, inlier, variant == "naive", args.n_reference)
-            std = _intrinsic_std(trained.model, point)
-            row.update(_scatter_ratio(std[signal] / known_std[signal]))
+            row, std = evaluate_row(trained, naive=variant == "naive")
             results[f"{spec} {variant}"] = row
             samples[f"{spec} {variant}"] = (_noise_free_samples(trained.model, point, 20), std)
             print(json.dumps({"model": f"{spec} {variant}", **row}))
             if args.polish and variant == "aware":
-                _add_polished(
-                    results,
-                    f"{spec} {variant}",
-                    trained,
-                    train,
-                    test,
-                    truth,
-                    inlier,
-                    args,
-                    point,
-                    known_std,
-                    signal,
-                )
+                add_polished(f"{spec} {variant}", trained)
 
     for path in filter(None, args.extra_models.split(",")):
         trained = load_model(path)
         trained.model.eval()
-        row = _evaluate(trained, test, truth, inlier, False, args.n_reference)
-        std = _intrinsic_std(trained.model, point)
-        row.update(_scatter_ratio(std[signal] / known_std[signal]))
-        results[Path(path).name] = row
-        print(json.dumps({"model": path, **row}))
+        results[Path(path).name], _ = evaluate_row(trained)
+        print(json.dumps({"model": path, **results[Path(path).name]}))
         if args.polish:
-            _add_polished(
-                results,
-                Path(path).name,
-                trained,
-                train,
-                test,
-                truth,
-                inlier,
-                args,
-                point,
-                known_std,
-                signal,
-            )
+            add_polished(Path(path).name, trained)
 
     print()
     header = (
