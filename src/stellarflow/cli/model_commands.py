@@ -84,7 +84,8 @@ def register(commands: Any) -> None:
         default=0,
         metavar="N",
         help="after training, N closed-form passes refining a factor_analysis model's "
-        "per-pixel intrinsic variance (kept only if validation improves; default 0)",
+        "per-pixel intrinsic variance (kept only if validation improves; ~10 settle it at "
+        "7,514 pixels; default 0)",
     )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out")

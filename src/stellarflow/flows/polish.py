@@ -102,8 +102,8 @@ def polish_intrinsic_variance(
         max_step: largest change of :math:`\log \tau^2` per pixel and iteration.
 
     Returns:
-        Per iteration, the largest absolute change of :math:`\log \tau^2` over the pixels
-        (a convergence record).
+        Per iteration, the largest absolute change of :math:`\log \tau^2` made over the
+        pixels (a convergence record; pixels held at ``var_floor`` count as unchanged).
 
     Raises:
         FlowInputError: unsupported model, or inputs of the wrong shape.
@@ -167,5 +167,7 @@ def polish_in_passes(
         floor = model.options.var_floor
         new = (tau2 * torch.exp(step) - floor).clamp(min=1e-12)
         model.log_intrinsic_var.copy_(torch.log(new).to(model.log_intrinsic_var.dtype))
-        changes.append(float(step.abs().max()))
+        # the change made, not the step asked for (pixels held at the floor do not move)
+        moved = torch.log(model.intrinsic_var().detach().double()) - torch.log(tau2)
+        changes.append(float(moved.abs().max()))
     return changes
