@@ -20,11 +20,15 @@ def test_polish_is_recorded_and_never_worsens_validation(tmp_path) -> None:
     result = train_model(data, config, tmp_path / "fa")
     meta = json.loads((tmp_path / "fa" / "metadata.json").read_text())
     polish = meta["polish"]
-    assert polish["iterations"] == 3 and len(polish["max_log_tau2_step"]) == 3
+    assert polish["iterations"] == 3 and len(polish["max_log_tau2_change"]) == 3
     assert min(polish["validation_before"], polish["validation_after"]) == pytest.approx(
         meta["best_validation_nats_per_pixel"]
     )
     assert result.best_validation == pytest.approx(meta["best_validation_nats_per_pixel"])
+    assert result.polished == polish["kept"]
+    assert polish["validation_before"] == pytest.approx(
+        meta["history"][meta["best_epoch"]]["validation"]
+    )
     # the saved weights are the ones whose validation loss is recorded
     trained = load_model(tmp_path / "fa")
     _, val_blocks = split_blocks(

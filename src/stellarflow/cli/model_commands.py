@@ -157,12 +157,6 @@ def _model_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def _polish_kept(model_dir: Path) -> bool:
-    """Whether ``train --polish`` kept its polished weights (metadata.json)."""
-    metadata = json.loads((Path(model_dir) / "metadata.json").read_text())
-    return bool(metadata.get("polish", {}).get("kept", False))
-
-
 def run_train(args: argparse.Namespace) -> int:
     """``stellarflow train``."""
     from stellarflow.io.hdf5 import open_survey
@@ -210,7 +204,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"trained for {result.epochs_run} epochs ({result.stopped}); best validation "
         f"{result.best_validation:.5f} nats/pixel at epoch {result.best_epoch}"
-        f"{' + tau^2 polish' if _polish_kept(result.path) else ''}; model in {result.path}"
+        f"{' + tau^2 polish' if result.polished else ''}; model in {result.path}"
     )
     return 0
 

@@ -71,10 +71,9 @@ def _newton_sums(
     chol_inv = torch.linalg.solve_triangular(post.chol, eye, upper=False)
     spread = torch.einsum("pk,njk->npj", loading, chol_inv).square().sum(-1)  # W V W^T
     q = (residual - post.mean @ loading.T).square() + spread
-    weight = noise.weight
-    d_inv = noise.precision  # 0 on masked pixels
-    grad = (weight * 0.5 * (q * d_inv.square() - d_inv)).sum(0)
-    hess = (weight * (0.5 * d_inv.square() - q * d_inv.pow(3))).sum(0)
+    d_inv = noise.precision  # exactly 0 on masked pixels: they add nothing below
+    grad = (0.5 * (q * d_inv.square() - d_inv)).sum(0)
+    hess = (0.5 * d_inv.square() - q * d_inv.pow(3)).sum(0)
     return grad, hess
 
 
@@ -108,12 +107,9 @@ def polish_intrinsic_variance(
     Raises:
         FlowInputError: unsupported model, or inputs of the wrong shape.
     """
-    model = check_polishable(model)
-    if n_iter < 0 or max_step <= 0 or chunk_size < 1:
-        raise FlowInputError(
-            f"need n_iter >= 0, max_step > 0 and chunk_size >= 1, got {n_iter}, {max_step}, "
-            f"{chunk_size}"
-        )
+    check_polishable(model)
+    if chunk_size < 1:
+        raise FlowInputError(f"chunk_size must be >= 1, got {chunk_size}")
     check_flux(flux, model.n_pixels, model.flux_loc, finite=False)
     context, ivar = model._check_inputs(context, ivar)
     if ivar is None or ivar.shape != flux.shape:
@@ -121,7 +117,6 @@ def polish_intrinsic_variance(
             f"ivar must have the flux's shape {tuple(flux.shape)}; pass each star's inverse "
             "variance (0 = masked)"
         )
-    flux = torch.where(ivar > 0, flux, torch.ones_like(flux))  # masked: any finite value
 
     def one_pass() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
         for part in star_chunks(flux.shape[0], chunk_size):
@@ -143,14 +138,19 @@ def polish_in_passes(
     Args:
         model: as in :func:`polish_intrinsic_variance`.
         one_pass: returns a fresh iterable of ``(flux, ivar, context)`` chunks covering the
-            training stars once (masked pixels must hold finite values).
+            training stars once (anything at masked pixels: standardisation zeroes them).
         n_iter: E/CM iterations.
         max_step: largest change of :math:`\log \tau^2` per pixel and iteration.
 
     Returns:
-        Per iteration, the largest absolute change of :math:`\log \tau^2`.
+        Per iteration, the largest absolute change of :math:`\log \tau^2` made.
+
+    Raises:
+        FlowInputError: unsupported model, ``n_iter < 0`` or ``max_step <= 0``.
     """
     model = check_polishable(model)
+    if n_iter < 0 or max_step <= 0:
+        raise FlowInputError(f"need n_iter >= 0 and max_step > 0, got {n_iter}, {max_step}")
     changes = []
     for _ in range(n_iter):
         grad = torch.zeros(model.n_pixels, dtype=torch.float64, device=model.loading.device)

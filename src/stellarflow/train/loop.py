@@ -71,6 +71,7 @@ class TrainResult:
         stopped: why training ended ("converged", "epochs", "time_limit").
         history: per epoch: train and validation nats per pixel, seconds, skipped steps.
         seconds: wall time of this call.
+        polished: the saved weights carry the tau^2 polish (``polish_iterations``).
     """
 
     path: Path
@@ -80,6 +81,7 @@ class TrainResult:
     stopped: str
     history: list[dict[str, float]]
     seconds: float
+    polished: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -475,7 +477,7 @@ def train_model(
         bar.close()
     polish = None
     if config.polish_iterations and best_epoch >= 0:
-        polish = _polish(model, source, train_blocks, val_blocks, config, device, dist, out)
+        polish = _polish(model, source, train_blocks, val_blocks, best, config, device, dist, out)
         if polish["kept"]:
             best = polish["validation_after"]
     if dist.is_main:
@@ -501,6 +503,7 @@ def train_model(
         stopped=stopped,
         history=history,
         seconds=time.monotonic() - start_time,
+        polished=bool(polish and polish["kept"]),
     )
 
 
@@ -509,6 +512,7 @@ def _polish(
     source: SpectraSource | SpectralDataset,
     train_blocks: np.ndarray,
     val_blocks: np.ndarray,
+    before: float,
     config: TrainConfig,
     device: torch.device,
     dist: Distributed,
@@ -516,13 +520,14 @@ def _polish(
 ) -> dict[str, Any]:
     """Polish tau^2 of the best weights on the training blocks; keep it if validation improves.
 
+    ``before`` is the validation loss of the saved best weights (already measured).
+
     Every rank runs the same deterministic passes over all training blocks, so the ranks stay
     identical; the main rank rewrites ``model.pt`` atomically when the polish is kept.
     """
     from stellarflow.flows.polish import polish_in_passes
 
     model.load_state_dict(load_torch(out / "model.pt"))
-    before = evaluate(model, source, val_blocks, config, device, dist)
     dtype = _dtype(model)
 
     def one_pass() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -534,22 +539,20 @@ def _polish(
             min_good_fraction=config.min_good_fraction,
         ):
             flux, ivar, labels, _ = _tensors(batch, device, dtype)
-            flux = torch.where(ivar > 0, flux, torch.ones_like(flux))
             yield flux, ivar, labels if config.label_names else None
 
-    saved = {name: value.clone() for name, value in model.state_dict().items()}
     model.eval()
-    steps = polish_in_passes(model, one_pass, n_iter=config.polish_iterations)
+    changes = polish_in_passes(model, one_pass, n_iter=config.polish_iterations)
     after = evaluate(model, source, val_blocks, config, device, dist)
     kept = after < before
     if not kept:
-        model.load_state_dict(saved)
+        model.load_state_dict(load_torch(out / "model.pt"))
     elif dist.is_main:
         save_torch(out / "model.pt", model.state_dict())
     dist.barrier()
     return {
         "iterations": config.polish_iterations,
-        "max_log_tau2_step": steps,
+        "max_log_tau2_change": changes,
         "validation_before": before,
         "validation_after": after,
         "kept": bool(kept),
