@@ -1,4 +1,4 @@
-"""``TrainConfig.polish_iterations`` / ``train --polish``: the tau^2 polish after training."""
+"""``TrainConfig.polish_iterations`` (``train --polish``): ECM after or instead of Adam."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ def test_polish_is_recorded_and_never_worsens_validation(tmp_path) -> None:
     result = train_model(data, config, tmp_path / "fa")
     meta = json.loads((tmp_path / "fa" / "metadata.json").read_text())
     polish = meta["polish"]
-    assert polish["iterations"] == 3 and len(polish["max_log_tau2_change"]) == 3
+    assert polish["iterations"] == 3
+    n_run = len(polish["validation"])
+    assert 1 <= n_run <= 3 and len(polish["max_log_tau2_change"]) == n_run
+    assert len(polish["mean_loading_change"]) == n_run
+    # iterations are kept while validation improves; the first that does not ends the polish
+    assert polish["iterations_kept"] in (n_run, n_run - 1)
     assert min(polish["validation_before"], polish["validation_after"]) == pytest.approx(
         meta["best_validation_nats_per_pixel"]
     )
@@ -52,3 +57,38 @@ def test_polish_settings_are_validated() -> None:
         TrainConfig.from_dict({**base, "polish_iterations": -1})
     with pytest.raises(ValueError, match="label_errors"):
         TrainConfig.from_dict({**base, "polish_iterations": 2, "label_errors": True})
+
+
+def test_ecm_alone_fits_factor_analysis_with_label_dependent_terms(tmp_path) -> None:
+    """``epochs = 0``: the warm start is measured, then ECM iterations improve on it."""
+    data = training_set()
+    config = tiny_config(
+        "factor_analysis",
+        epochs=0,
+        polish_iterations=4,
+        model_options={
+            "n_latent": 2,
+            "label_dependent_loading": True,
+            "label_dependent_variance": True,
+        },
+    )
+    result = train_model(data, config, tmp_path / "ecm")
+    meta = json.loads((tmp_path / "ecm" / "metadata.json").read_text())
+    assert result.epochs_run == 0 and result.best_epoch == -1 and meta["history"] == []
+    polish = meta["polish"]
+    assert result.polished and polish["iterations_kept"] >= 1
+    assert polish["validation_after"] < polish["validation_before"]
+    assert result.best_validation == pytest.approx(polish["validation_after"])
+    trained = load_model(tmp_path / "ecm")
+    _, val_blocks = split_blocks(
+        data.n_stars, config.block_size, config.validation_fraction, config.seed
+    )
+    with torch.no_grad():
+        loss = evaluate(trained.model, data, val_blocks, config, torch.device("cpu"))
+    assert loss == pytest.approx(result.best_validation, rel=1e-5, abs=1e-6)
+
+
+def test_zero_epochs_need_the_polish() -> None:
+    base = tiny_config("factor_analysis").to_dict()
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig.from_dict({**base, "epochs": 0})

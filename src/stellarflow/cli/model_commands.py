@@ -83,9 +83,10 @@ def register(commands: Any) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="after training, N closed-form passes refining a factor_analysis model's "
-        "per-pixel intrinsic variance (kept only if validation improves; ~10 settle it at "
-        "7,514 pixels; default 0)",
+        help="after training, at most N closed-form ECM iterations taking a factor_analysis "
+        "model's mean, loadings and scatter to their maximum likelihood (each kept only while "
+        "validation improves; with --epochs 0 the model is fitted by ECM alone, the fastest "
+        "way at 7,514 pixels; default 0)",
     )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out")
@@ -201,10 +202,11 @@ def run_train(args: argparse.Namespace) -> int:
         )
         if not dist.is_main:
             return 0
+    where = f"at epoch {result.best_epoch}" if result.best_epoch >= 0 else "from the warm start"
     print(
         f"trained for {result.epochs_run} epochs ({result.stopped}); best validation "
-        f"{result.best_validation:.5f} nats/pixel at epoch {result.best_epoch}"
-        f"{' + tau^2 polish' if result.polished else ''}; model in {result.path}"
+        f"{result.best_validation:.5f} nats/pixel {where}"
+        f"{' + ECM polish' if result.polished else ''}; model in {result.path}"
     )
     return 0
 

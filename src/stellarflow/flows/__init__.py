@@ -19,8 +19,10 @@ Models (``build_model(kind, n_pixels, n_context, **config)``):
 * ``"coupling"`` :class:`SpectralCouplingFlow`: spline coupling flow over all pixels (exact,
   no noise model).
 
-After training, :func:`polish_intrinsic_variance` refines a factor-analysis model's per-pixel
-intrinsic variance in closed form (ECM steps; see :mod:`stellarflow.flows.polish`).
+After (or instead of) gradient training, :func:`polish_factor_analysis` takes a factor-analysis
+model to its maximum likelihood by closed-form ECM steps on the mean, loadings and per-pixel
+scatter (:func:`polish_intrinsic_variance`: the scatter only; see
+:mod:`stellarflow.flows.polish`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from stellarflow.flows.coupling import SpectralCouplingFlow
 from stellarflow.flows.distributions import DiagonalGaussianSpectra, LatentGaussianSpectra
 from stellarflow.flows.gaussian import CannonModel, FactorAnalysisModel
 from stellarflow.flows.latent import LatentFlowModel
-from stellarflow.flows.polish import polish_intrinsic_variance
+from stellarflow.flows.polish import (
+    PolishStep,
+    polish_factor_analysis,
+    polish_intrinsic_variance,
+)
 from stellarflow.flows.registry import DEFAULT_KIND, MODEL_KINDS, build_model
 from stellarflow.flows.results import CovarianceFactors, LogProbEstimate, PosteriorPrediction
 
@@ -46,9 +52,11 @@ __all__ = [
     "LatentFlowModel",
     "LatentGaussianSpectra",
     "LogProbEstimate",
+    "PolishStep",
     "PosteriorPrediction",
     "SpectralCouplingFlow",
     "SpectralModel",
     "build_model",
+    "polish_factor_analysis",
     "polish_intrinsic_variance",
 ]

@@ -1,30 +1,53 @@
-r"""Closed-form polish of a trained factor-analysis model's intrinsic variance (ECM steps).
+r"""Closed-form ECM polish of a factor-analysis model: mean, loadings and scatter.
 
-Minibatch Adam leaves the per-pixel intrinsic variance :math:`\tau^2` of the
-linear-Gaussian models short of its optimum: where a star's own noise :math:`\sigma^2`
-dominates, the gradient in :math:`\tau^2` is weak (BENCHMARKS.md and docs/design.md,
-"tau^2 polish", session 6). One expectation / conditional-maximisation step, with the mean
-and loadings held fixed:
+Minibatch Adam leaves the linear-Gaussian models short of their maximum likelihood in weak
+directions: the per-pixel intrinsic variance :math:`\tau^2` where a star's own noise
+dominates, and the overall scale of the loadings :math:`W` (BENCHMARKS.md and
+docs/design.md, "tau^2 polish" and "ECM", sessions 6-7). Factor analysis is linear in its
+mean coefficients and loadings once the latent vector is known, so expectation /
+conditional-maximisation (ECM) steps do what Adam does slowly, in closed form. One
+iteration is up to two passes over the stars:
 
-* E-step: for every training star the exact Gaussian posterior of the latent vector,
-  :math:`N(m_n, V_n)`, and per pixel the expected squared residual
-  :math:`q_{np} = (r_{np} - W_p m_n)^2 + W_p V_n W_p^T`;
-* CM-step, per pixel: one Newton step in :math:`\log \tau_p^2` on the expected complete
-  log-likelihood :math:`\sum_n -\tfrac12 [\log D_{np} + q_{np} / D_{np}]`,
-  :math:`D_{np} = \tau_p^2 + \sigma_{np}^2` (the star's noise in standardised units),
-  over observed pixels only (masked pixels carry no weight), the step clipped to
-  ``max_step`` in :math:`\log \tau^2`.
+1. **Mean and loadings** (``"mean_loading"``). E-step: each star's exact Gaussian posterior
+   of the latent vector, :math:`N(m_n, V_n)`. CM-step, per pixel p, with :math:`\tau^2`
+   held fixed: the weighted least squares
 
-Each iteration is one pass over the stars, :math:`O(n\,p\,k^2)`, like one epoch of scoring.
-Any step that raises the surrogate (the expected complete log-likelihood) raises the
-log-likelihood (generalised EM); a clipped Newton step on a concave surrogate normally does,
-and the tests check the increase on data. ``train --polish`` keeps the result only if the
-validation loss improves.
+   .. math:: \beta_p = \arg\min \sum_n D_{np}^{-1}\,
+             E\big[(u_{np} - \beta_p^T g_n)^2\big], \qquad
+             g_n = [a(l_n);\ \tilde z_n \otimes h(l_n)],
+
+   where :math:`a(l)` are the quadratic mean's features, :math:`h(l) = [1]`, :math:`[1, l]`
+   or :math:`[1, l, l_i l_j]` the loading's label features (label-independent, linear or
+   quadratic ``label_dependent_loading``), :math:`\tilde z = e^{a'(l) A} \odot z` the latent
+   vector times the (fixed) latent scales of ``label_dependent_variance``, and
+   :math:`D_{np} = \tau_p^2(l_n) + \sigma_{np}^2` (the star's noise in standardised units;
+   masked pixels have :math:`D^{-1} = 0` and carry no weight). The normal equations need
+   only :math:`E[g g^T]`, i.e. :math:`m_n` and :math:`V_n`: :math:`O(n\,p\,d^2)` per pass,
+   :math:`d = n_{terms} + k\,|h|`. An MLP residual on the mean (``mean_hidden``) is held
+   fixed; :math:`\Theta` of the quadratic part is refitted under it.
+2. **Intrinsic variance** (``"intrinsic_var"``). A fresh E-step, then per pixel one Fisher
+   scoring step on the expected complete log-likelihood
+   :math:`\sum_n -\tfrac12 [\log D_{np} + q_{np} / D_{np}]`,
+   :math:`q_{np} = E[(u_{np} - \mu_p(l_n) - W_p(l_n) z_n)^2]`, in the coefficients
+   :math:`\psi_p` of :math:`\log(\tau_p^2(l) - \tau_{min}^2) = \psi_p^T [1, a'(l)]`
+   (one coefficient, :math:`\eta_p`, when the scatter does not depend on the labels; also
+   the ``intrinsic_var_slopes`` column :math:`B_p` with ``label_dependent_variance``).
+   With :math:`v = \tau^2 - \tau_{min}^2`: gradient
+   :math:`\sum_n \tfrac12 v (q/D^2 - 1/D)\, b_n`, expected information
+   :math:`\sum_n \tfrac12 (v/D)^2\, b_n b_n^T` (positive definite, unlike the observed
+   Hessian where :math:`q \gg D`); the step is shrunk so that its root-mean-square change
+   of :math:`\log v` over the stars is at most ``max_step``.
+
+Each CM-step raises the expected complete log-likelihood (the first exactly, the second in
+practice; the tests check the log-likelihood on data), hence the likelihood (generalised EM).
+The latent scales :math:`A` of ``label_dependent_variance`` and the MLP mean are not
+updated. ``train --polish N`` runs N iterations after Adam, keeping the best by validation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,81 +55,298 @@ from torch import Tensor
 from stellarflow.flows._checks import FlowInputError, check_flux
 from stellarflow.flows.base import star_chunks
 from stellarflow.flows.gaussian import FactorAnalysisModel
-from stellarflow.flows.linear_gaussian import GaussianReference, latent_posterior, noise_model
+from stellarflow.flows.linear_gaussian import (
+    GaussianReference,
+    latent_posterior,
+    noise_model,
+    quadratic_features,
+)
 
-__all__ = ["check_polishable", "polish_in_passes", "polish_intrinsic_variance"]
+__all__ = [
+    "PARTS",
+    "PolishStep",
+    "check_polishable",
+    "polish_factor_analysis",
+    "polish_in_passes",
+    "polish_intrinsic_variance",
+]
+
+PARTS = ("mean_loading", "intrinsic_var")
+
+Chunks = Callable[[], Iterable[tuple[Tensor, Tensor, Tensor | None]]]
+
+
+class PolishStep(NamedTuple):
+    """What one ECM iteration changed.
+
+    Attributes:
+        max_log_tau2_change: largest absolute change of :math:`\\log \\tau^2` over the pixels
+            (at the training-mean labels when the scatter depends on the labels); 0 when
+            the intrinsic variance was not updated.
+        mean_loading_change: relative change of the mean coefficients and loadings,
+            :math:`\\|\\Delta\\beta\\|_F / \\|\\beta\\|_F`; 0 when they were not updated.
+    """
+
+    max_log_tau2_change: float
+    mean_loading_change: float
 
 
 def check_polishable(model: torch.nn.Module) -> FactorAnalysisModel:
     """``model`` if the polish supports it, else :class:`FlowInputError` saying why."""
     if not isinstance(model, FactorAnalysisModel):
         raise FlowInputError(
-            f"polish_intrinsic_variance needs a factor_analysis model, got {type(model).__name__}"
-        )
-    if (
-        model.loading_slopes is not None
-        or model.latent_scale_slopes is not None
-        or model.intrinsic_var_slopes is not None
-    ):
-        raise FlowInputError(
-            "polish_intrinsic_variance supports label-independent loadings and scatter only "
-            "(train without label_dependent_loading / label_dependent_variance)"
+            f"the ECM polish needs a factor_analysis model (a Gaussian latent prior), got "
+            f"{type(model).__name__}"
         )
     return model
 
 
-def _newton_sums(
+def _check_parts(parts: Sequence[str]) -> tuple[str, ...]:
+    parts = tuple(parts)
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown or not parts:
+        raise FlowInputError(f"parts must be a non-empty subset of {PARTS}, got {parts}")
+    return parts
+
+
+class _Posterior(NamedTuple):
+    """One chunk's E-step, float64, standardised units."""
+
+    features: Tensor  # (n, n_terms): a(l)
+    loading_features: Tensor  # (n, H): h(l)
+    target: Tensor  # (n, p): u minus the (fixed) MLP part of the mean
+    loading: Tensor  # (p, k) or (n, p, k): W(l), latent scales included
+    precision: Tensor  # (n, p): 1 / D, 0 at masked pixels
+    mean: Tensor  # (n, k): E[z]
+    chol_inv: Tensor  # (n, k, k): L^-1, Cov[z] = L^-T L^-1
+    scale: Tensor  # (n, k): latent scales e^{a'(l) A} (ones without them)
+    labels: Tensor | None  # (n, L) standardised labels, model dtype
+
+
+def _loading_width(model: FactorAnalysisModel) -> int:
+    """|h(l)|: 1, 1 + L (linear loadings) or n_terms (quadratic loadings)."""
+    if model.loading_curvature is not None:
+        return model.mean.theta.shape[0]
+    if model.loading_slopes is not None:
+        return 1 + model.n_context
+    return 1
+
+
+def _e_step(
     model: FactorAnalysisModel, flux: Tensor, ivar: Tensor, context: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Per-pixel first and second derivatives of the E-step surrogate in tau^2 (float64)."""
+) -> _Posterior:
     u, ivar_std = model.standardized(flux, ivar)
     labels = model.standardize_context(context)
-    residual = (u - model.mean(labels)).double()
-    loading = model.loading.detach().double()
-    tau2 = model.intrinsic_var().detach().double()
-    noise = noise_model(tau2, ivar_std.double())
+    n = u.shape[0]
+    features = quadratic_features(labels, u).expand(n, -1).double()
+    target = u.double()
+    if model.mean.mlp is not None and labels is not None:
+        target = target - model.mean.mlp(labels).double()
+    loading = model.loading_at(labels).detach().double()
+    noise = noise_model(model.intrinsic_var(labels).detach().double(), ivar_std.double())
+    residual = target - features @ model.mean.theta.detach().double()
     post = latent_posterior(residual, loading, noise.precision, GaussianReference(1.0))
     k = loading.shape[-1]
-    eye = torch.eye(k, dtype=torch.float64, device=loading.device).expand_as(post.chol)
+    eye = torch.eye(k, dtype=torch.float64, device=u.device).expand_as(post.chol)
     chol_inv = torch.linalg.solve_triangular(post.chol, eye, upper=False)
-    spread = torch.einsum("pk,njk->npj", loading, chol_inv).square().sum(-1)  # W V W^T
-    q = (residual - post.mean @ loading.T).square() + spread
-    d_inv = noise.precision  # exactly 0 on masked pixels: they add nothing below
-    grad = (0.5 * (q * d_inv.square() - d_inv)).sum(0)
-    hess = (0.5 * d_inv.square() - q * d_inv.pow(3)).sum(0)
-    return grad, hess
+    scale = torch.ones(n, k, dtype=torch.float64, device=u.device)
+    if model.latent_scale_slopes is not None and labels is not None:
+        scale = torch.exp(features[:, 1:] @ model.latent_scale_slopes.detach().double())
+    return _Posterior(
+        features,
+        features[:, : _loading_width(model)],
+        target,
+        loading,
+        noise.precision,
+        post.mean,
+        chol_inv,
+        scale,
+        labels,
+    )
+
+
+def _normal_equations(post: _Posterior) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per-pixel :math:`\sum_n D^{-1} E[g g^T]` `(p, d, d)`, :math:`\sum_n D^{-1} u E[g]`
+    `(p, d)`, and :math:`\sum_n E[z z^T]` `(k, k)` (for the parameter expansion)."""
+    n, k = post.mean.shape
+    h = post.loading_features
+    z_mean = post.mean * post.scale
+    z_cov = post.chol_inv.mT @ post.chol_inv * post.scale[:, :, None] * post.scale[:, None, :]
+    width = k * h.shape[1]
+    expected = torch.cat([post.features, (z_mean[:, :, None] * h[:, None, :]).reshape(n, width)], 1)
+    second = expected[:, :, None] * expected[:, None, :]
+    outer_h = h[:, :, None] * h[:, None, :]
+    z_block = z_cov[:, :, None, :, None] * outer_h[:, None, :, None, :]
+    start = post.features.shape[1]
+    second[:, start:, start:] += z_block.reshape(n, width, width)
+    d = expected.shape[1]
+    lhs = (post.precision.T @ second.reshape(n, d * d)).reshape(-1, d, d)
+    rhs = (post.precision * post.target).T @ expected
+    z_second = (post.mean.T @ post.mean) + (post.chol_inv.mT @ post.chol_inv).sum(0)
+    return lhs, rhs, z_second
+
+
+def _solve_mean_loading(
+    model: FactorAnalysisModel, lhs: Tensor, rhs: Tensor, z_moment: Tensor
+) -> float:
+    r"""Solve the per-pixel normal equations and write Theta and W; the relative change.
+
+    ``z_moment`` is the stars' mean :math:`E[z z^T]`: parameter expansion (PX-EM, Liu,
+    Rubin & Wu 1998) fits the latent prior's covariance :math:`\Sigma` too and folds it back,
+    :math:`W \to W L_\Sigma`, which converges much faster along the loadings' overall scale
+    (with latent scales, only the diagonal of :math:`\Sigma`, which commutes with them).
+    """
+    n_terms, k = model.mean.theta.shape[0], model.loading.shape[-1]
+    old = _mean_loading_vector(model)
+    d = lhs.shape[-1]
+    diag = torch.diagonal(lhs, dim1=-2, dim2=-1)
+    ridge = 1e-10 * diag.mean(-1).clamp(min=1e-300)
+    chol, info = torch.linalg.cholesky_ex(lhs + ridge[:, None, None] * torch.eye(d).to(lhs))
+    beta = torch.cholesky_solve(rhs[:, :, None], chol).squeeze(-1)
+    # pixels without data (every star masked) or a singular system keep their values
+    beta = torch.where(((info == 0) & (diag[:, 0] > 0))[:, None], beta, old)
+    beta = torch.where(torch.isfinite(beta), beta, old)
+    blocks = beta[:, n_terms:].reshape(-1, k, _loading_width(model))
+    factor, failed = torch.linalg.cholesky_ex(z_moment)
+    if model.latent_scale_slopes is not None:  # diagonal expansion: commutes with the scales
+        factor = torch.diag(z_moment.diagonal().clamp(min=0).sqrt())
+    if not bool(failed) and bool((factor.diagonal() > 0).all()):
+        blocks = torch.einsum("pjh,jk->pkh", blocks, factor)
+        beta = torch.cat([beta[:, :n_terms], blocks.reshape(blocks.shape[0], -1)], 1)
+    dtype = model.loading.dtype
+    model.mean.theta.copy_(beta[:, :n_terms].T.to(dtype))
+    model.loading.copy_(blocks[..., 0].to(dtype))
+    if model.loading_slopes is not None:
+        n_context = model.n_context
+        model.loading_slopes.copy_(blocks[..., 1 : 1 + n_context].permute(2, 0, 1).to(dtype))
+        if model.loading_curvature is not None:
+            model.loading_curvature.copy_(blocks[..., 1 + n_context :].permute(2, 0, 1).to(dtype))
+    return float((beta - old).norm() / old.norm().clamp(min=1e-300))
+
+
+def _mean_loading_vector(model: FactorAnalysisModel) -> Tensor:
+    """Per pixel, [Theta_p; vec(W_p blocks)] in the order of :func:`_normal_equations`."""
+    blocks = [model.loading[..., None]]
+    if model.loading_slopes is not None:
+        blocks.append(model.loading_slopes.permute(1, 2, 0))
+        if model.loading_curvature is not None:
+            blocks.append(model.loading_curvature.permute(1, 2, 0))
+    loading = torch.cat(blocks, -1).reshape(model.n_pixels, -1)
+    return torch.cat([model.mean.theta.T, loading], 1).detach().double()
+
+
+def _variance_sums(model: FactorAnalysisModel, post: _Posterior) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pixel Fisher-scoring gradient `(p, B)`, information `(p, B, B)`, and sum b b^T."""
+    loading = post.loading
+    fit = post.features @ model.mean.theta.detach().double()
+    if loading.ndim == 2:
+        fit = fit + post.mean @ loading.T
+        spread = torch.einsum("pk,njk->npj", loading, post.chol_inv).square().sum(-1)
+    else:
+        fit = fit + (loading @ post.mean[:, :, None]).squeeze(-1)
+        spread = (loading @ post.chol_inv.mT).square().sum(-1)
+    q = (post.target - fit).square() + spread  # E[squared intrinsic residual]
+    c = post.precision  # exactly 0 on masked pixels: they add nothing below
+    n = q.shape[0]
+    basis = post.features[:, :1]  # log v = psi^T [1, a'(l)], or eta alone
+    if model.intrinsic_var_slopes is not None:
+        basis = post.features
+    tau2 = model.intrinsic_var(post.labels).detach().double()
+    v = (tau2 - model.options.var_floor).expand(n, -1)
+    grad = (0.5 * v * (q * c.square() - c)).T @ basis
+    outer = (basis[:, :, None] * basis[:, None, :]).reshape(n, -1)
+    info = ((0.5 * (v * c).square()).T @ outer).reshape(-1, basis.shape[1], basis.shape[1])
+    return grad, info, basis.T @ basis
+
+
+def _step_intrinsic_var(
+    model: FactorAnalysisModel, grad: Tensor, info: Tensor, moment: Tensor, max_step: float
+) -> float:
+    """One capped Fisher-scoring step per pixel; the largest change of log tau^2 made."""
+    size = info.shape[-1]
+    scale = torch.diagonal(info, dim1=-2, dim2=-1).mean(-1).clamp(min=1e-300)
+    eye = torch.eye(size, dtype=info.dtype, device=info.device)
+    chol, failed = torch.linalg.cholesky_ex(info + 1e-10 * scale[:, None, None] * eye)
+    delta = torch.cholesky_solve(grad[:, :, None], chol).squeeze(-1)
+    usable = (failed == 0) & (info[:, 0, 0] > 0) & torch.isfinite(delta).all(-1)
+    delta = torch.where(usable[:, None], delta, torch.zeros_like(delta))
+    rms = ((delta @ moment) * delta).sum(-1).clamp(min=0).sqrt()
+    delta = delta * (max_step / rms.clamp(min=max_step))[:, None]
+    before = model.intrinsic_var().detach().double()
+    eta = model.log_intrinsic_var.detach().double() + delta[:, 0]
+    model.log_intrinsic_var.copy_(eta.clamp(min=-80.0).to(model.log_intrinsic_var.dtype))
+    if model.intrinsic_var_slopes is not None:
+        model.intrinsic_var_slopes.add_(delta[:, 1:].T.to(model.intrinsic_var_slopes.dtype))
+    after = model.intrinsic_var().detach().double()
+    return float((torch.log(after) - torch.log(before)).abs().max())
 
 
 @torch.no_grad()
-def polish_intrinsic_variance(
+def polish_in_passes(
+    model: FactorAnalysisModel,
+    one_pass: Chunks,
+    *,
+    n_iter: int = 4,
+    max_step: float = 1.0,
+    parts: Sequence[str] = PARTS,
+) -> list[PolishStep]:
+    r"""ECM iterations over chunks from a callable (out-of-core surveys; module docstring).
+
+    Args:
+        model: a :class:`FactorAnalysisModel` (any loading and scatter options; label
+            errors are not part of the polish). Updated in place.
+        one_pass: returns a fresh iterable of ``(flux, ivar, context)`` chunks covering the
+            training stars once (anything at masked pixels: standardisation zeroes them).
+        n_iter: ECM iterations (each is one pass per updated part).
+        max_step: largest root-mean-square change of :math:`\log(\tau^2 - \tau_{min}^2)`
+            per pixel and iteration.
+        parts: what to update, a subset of :data:`PARTS` (``"mean_loading"``: mean
+            coefficients and loadings; ``"intrinsic_var"``: the per-pixel scatter and its
+            label slopes).
+
+    Returns:
+        One :class:`PolishStep` per iteration.
+
+    Raises:
+        FlowInputError: unsupported model or part, ``n_iter < 0`` or ``max_step <= 0``.
+    """
+    model = check_polishable(model)
+    parts = _check_parts(parts)
+    if n_iter < 0 or max_step <= 0:
+        raise FlowInputError(f"need n_iter >= 0 and max_step > 0, got {n_iter}, {max_step}")
+    steps = []
+    for _ in range(n_iter):
+        change = 0.0
+        if "mean_loading" in parts:
+            sums, n_stars = None, 0
+            for flux, ivar, context in one_pass():
+                new = _normal_equations(_e_step(model, flux, ivar, context))
+                sums = new if sums is None else tuple(s + t for s, t in zip(sums, new, strict=True))
+                n_stars += flux.shape[0]
+            if sums is not None:
+                lhs, rhs, z_second = sums
+                change = _solve_mean_loading(model, lhs, rhs, z_second / n_stars)
+        tau_change = 0.0
+        if "intrinsic_var" in parts:
+            sums = None
+            for flux, ivar, context in one_pass():
+                new = _variance_sums(model, _e_step(model, flux, ivar, context))
+                sums = new if sums is None else tuple(s + t for s, t in zip(sums, new, strict=True))
+            if sums is not None:
+                grad, info, moment = sums
+                n_stars = moment[0, 0]
+                tau_change = _step_intrinsic_var(model, grad, info, moment / n_stars, max_step)
+        steps.append(PolishStep(tau_change, change))
+    return steps
+
+
+def _in_memory(
     model: FactorAnalysisModel,
     flux: Tensor,
     ivar: Tensor,
     context: Tensor | None,
-    *,
-    n_iter: int = 4,
-    chunk_size: int = 256,
-    max_step: float = 1.0,
-) -> list[float]:
-    r"""Refine :math:`\tau^2` of a trained factor-analysis model in place (module docstring).
-
-    Args:
-        model: a trained :class:`FactorAnalysisModel` with label-independent loadings and
-            scatter (its mean and loadings are left unchanged).
-        flux: `(n_stars, n_pixels)` training flux; anything at masked pixels.
-        ivar: `(n_stars, n_pixels)` inverse variance, 0 = masked.
-        context: `(n_stars, n_context)` labels in physical units, or None.
-        n_iter: E/CM iterations (passes over the stars).
-        chunk_size: stars per chunk of the pass (memory ~ chunk x pixels x k numbers).
-        max_step: largest change of :math:`\log \tau^2` per pixel and iteration.
-
-    Returns:
-        Per iteration, the largest absolute change of :math:`\log \tau^2` made over the
-        pixels (a convergence record; pixels held at ``var_floor`` count as unchanged).
-
-    Raises:
-        FlowInputError: unsupported model, or inputs of the wrong shape.
-    """
+    chunk_size: int,
+) -> Chunks:
     check_polishable(model)
     if chunk_size < 1:
         raise FlowInputError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -122,52 +362,63 @@ def polish_intrinsic_variance(
         for part in star_chunks(flux.shape[0], chunk_size):
             yield flux[part], ivar[part], None if context is None else context[part]
 
-    return polish_in_passes(model, one_pass, n_iter=n_iter, max_step=max_step)
+    return one_pass
 
 
 @torch.no_grad()
-def polish_in_passes(
+def polish_factor_analysis(
     model: FactorAnalysisModel,
-    one_pass: Callable[[], Iterable[tuple[Tensor, Tensor, Tensor | None]]],
+    flux: Tensor,
+    ivar: Tensor,
+    context: Tensor | None,
     *,
     n_iter: int = 4,
+    chunk_size: int = 256,
     max_step: float = 1.0,
-) -> list[float]:
-    r""":func:`polish_intrinsic_variance` over chunks from a callable (out-of-core surveys).
+    parts: Sequence[str] = PARTS,
+) -> list[PolishStep]:
+    r"""ECM iterations on a factor-analysis model's mean, loadings and scatter, in place.
 
     Args:
-        model: as in :func:`polish_intrinsic_variance`.
-        one_pass: returns a fresh iterable of ``(flux, ivar, context)`` chunks covering the
-            training stars once (anything at masked pixels: standardisation zeroes them).
-        n_iter: E/CM iterations.
-        max_step: largest change of :math:`\log \tau^2` per pixel and iteration.
+        model: a :class:`FactorAnalysisModel` (trained, or just warm-started by
+            ``initialize_from_data``).
+        flux: `(n_stars, n_pixels)` training flux; anything at masked pixels.
+        ivar: `(n_stars, n_pixels)` inverse variance, 0 = masked.
+        context: `(n_stars, n_context)` labels in physical units, or None.
+        n_iter: ECM iterations.
+        chunk_size: stars per chunk (memory ~ chunk x pixels x k numbers, plus
+            pixels x d^2 for the normal equations, module docstring).
+        max_step: see :func:`polish_in_passes`.
+        parts: see :func:`polish_in_passes`.
 
     Returns:
-        Per iteration, the largest absolute change of :math:`\log \tau^2` made.
+        One :class:`PolishStep` per iteration.
 
     Raises:
-        FlowInputError: unsupported model, ``n_iter < 0`` or ``max_step <= 0``.
+        FlowInputError: unsupported model or part, or inputs of the wrong shape.
     """
-    model = check_polishable(model)
-    if n_iter < 0 or max_step <= 0:
-        raise FlowInputError(f"need n_iter >= 0 and max_step > 0, got {n_iter}, {max_step}")
-    changes = []
-    for _ in range(n_iter):
-        grad = torch.zeros(model.n_pixels, dtype=torch.float64, device=model.loading.device)
-        hess = torch.zeros_like(grad)
-        for flux, ivar, context in one_pass():
-            g, h = _newton_sums(model, flux, ivar, context)
-            grad += g
-            hess += h
-        tau2 = model.intrinsic_var().detach().double()
-        first = tau2 * grad  # derivatives in log tau^2
-        second = tau2.square() * hess + first
-        step = torch.where(second < 0, -first / second.clamp(max=-1e-300), torch.sign(first))
-        step = step.clamp(-max_step, max_step)
-        floor = model.options.var_floor
-        new = (tau2 * torch.exp(step) - floor).clamp(min=1e-12)
-        model.log_intrinsic_var.copy_(torch.log(new).to(model.log_intrinsic_var.dtype))
-        # the change made, not the step asked for (pixels held at the floor do not move)
-        moved = torch.log(model.intrinsic_var().detach().double()) - torch.log(tau2)
-        changes.append(float(moved.abs().max()))
-    return changes
+    one_pass = _in_memory(model, flux, ivar, context, chunk_size)
+    return polish_in_passes(model, one_pass, n_iter=n_iter, max_step=max_step, parts=parts)
+
+
+@torch.no_grad()
+def polish_intrinsic_variance(
+    model: FactorAnalysisModel,
+    flux: Tensor,
+    ivar: Tensor,
+    context: Tensor | None,
+    *,
+    n_iter: int = 4,
+    chunk_size: int = 256,
+    max_step: float = 1.0,
+) -> list[float]:
+    r"""ECM steps on :math:`\tau^2` only (mean and loadings fixed); session 6's polish.
+
+    Arguments as :func:`polish_factor_analysis`. Returns, per iteration, the largest change
+    of :math:`\log \tau^2` made (pixels held at ``var_floor`` count as unchanged).
+    """
+    one_pass = _in_memory(model, flux, ivar, context, chunk_size)
+    steps = polish_in_passes(
+        model, one_pass, n_iter=n_iter, max_step=max_step, parts=("intrinsic_var",)
+    )
+    return [step.max_log_tau2_change for step in steps]

@@ -58,11 +58,13 @@ class TrainConfig:
             ``factor_analysis`` (minutes), then ``latent_flow`` with the same ``n_latent``
             from it: the flow starts as the identity, so training begins exactly at the
             factor-analysis model and only has to improve on it. None: warm start from data.
-        polish_iterations: after training, this many closed-form ECM passes over the
-            training stars refine the per-pixel intrinsic variance of a factor-analysis model
-            (label-independent loadings and scatter, no label errors;
-            :func:`stellarflow.flows.polish_intrinsic_variance`); kept only if the
-            validation loss improves. 0: no polish.
+        polish_iterations: after training, at most this many closed-form ECM iterations
+            over the training stars take a factor-analysis model's mean, loadings and
+            per-pixel scatter towards their maximum likelihood (no label errors;
+            :func:`stellarflow.flows.polish_factor_analysis`); each is kept only if the
+            validation loss improves, and the first that does not ends the polish. With
+            ``epochs = 0`` the model is fitted by ECM alone from the warm start. 0: no
+            polish.
     """
 
     label_names: tuple[str, ...]
@@ -92,8 +94,13 @@ class TrainConfig:
         object.__setattr__(self, "model_options", dict(self.model_options))
         if len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"label_names {self.label_names} contain duplicates")
+        ecm_only = self.epochs == 0 and self.polish_iterations > 0
+        if not ecm_only and (int(self.epochs) != self.epochs or self.epochs < 1):
+            raise ValueError(
+                f"epochs must be a positive integer (0 only with polish_iterations), got "
+                f"{self.epochs}"
+            )
         positive = {
-            "epochs": self.epochs,
             "batch_size": self.batch_size,
             "patience": self.patience,
             "max_bad_steps": self.max_bad_steps,

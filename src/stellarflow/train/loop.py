@@ -71,7 +71,7 @@ class TrainResult:
         stopped: why training ended ("converged", "epochs", "time_limit").
         history: per epoch: train and validation nats per pixel, seconds, skipped steps.
         seconds: wall time of this call.
-        polished: the saved weights carry the tau^2 polish (``polish_iterations``).
+        polished: the saved weights carry ECM polish iterations (``polish_iterations``).
     """
 
     path: Path
@@ -476,10 +476,12 @@ def train_model(
     if bar is not None:
         bar.close()
     polish = None
-    if config.polish_iterations and best_epoch >= 0:
-        polish = _polish(model, source, train_blocks, val_blocks, best, config, device, dist, out)
-        if polish["kept"]:
-            best = polish["validation_after"]
+    if config.polish_iterations and (best_epoch >= 0 or not config.epochs):
+        before = best if best_epoch >= 0 else None
+        polish = _polish(
+            model, source, train_blocks, val_blocks, before, config, device, dist, out, progress
+        )
+        best = polish["validation_after"]
     if dist.is_main:
         write_json(
             out / "metadata.json",
@@ -512,21 +514,28 @@ def _polish(
     source: SpectraSource | SpectralDataset,
     train_blocks: np.ndarray,
     val_blocks: np.ndarray,
-    before: float,
+    before: float | None,
     config: TrainConfig,
     device: torch.device,
     dist: Distributed,
     out: Path,
+    progress: bool,
 ) -> dict[str, Any]:
-    """Polish tau^2 of the best weights on the training blocks; keep it if validation improves.
+    """ECM iterations from the best weights; each kept only while validation improves.
 
-    ``before`` is the validation loss of the saved best weights (already measured).
-
+    ``before`` is the validation loss of the saved best weights (already measured), or
+    None when no epoch ran (``epochs = 0``: the warm start is measured and saved first).
     Every rank runs the same deterministic passes over all training blocks, so the ranks stay
-    identical; the main rank rewrites ``model.pt`` atomically when the polish is kept.
+    identical; the main rank rewrites ``model.pt`` atomically after each improving
+    iteration, and the first iteration that does not improve is undone and ends the polish.
     """
     from stellarflow.flows.polish import polish_in_passes
 
+    if before is None:
+        before = evaluate(model, source, val_blocks, config, device, dist)
+        if dist.is_main:
+            save_torch(out / "model.pt", model.state_dict())
+        dist.barrier()
     model.load_state_dict(load_torch(out / "model.pt"))
     dtype = _dtype(model)
 
@@ -541,21 +550,37 @@ def _polish(
             flux, ivar, labels, _ = _tensors(batch, device, dtype)
             yield flux, ivar, labels if config.label_names else None
 
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.polish_iterations, desc="ECM polish", unit="iteration")
     model.eval()
-    changes = polish_in_passes(model, one_pass, n_iter=config.polish_iterations)
-    after = evaluate(model, source, val_blocks, config, device, dist)
-    kept = after < before
-    if not kept:
-        model.load_state_dict(load_torch(out / "model.pt"))
-    elif dist.is_main:
-        save_torch(out / "model.pt", model.state_dict())
-    dist.barrier()
+    best, steps, validation, kept = before, [], [], 0
+    for _ in range(config.polish_iterations):
+        steps += polish_in_passes(model, one_pass, n_iter=1)
+        validation.append(evaluate(model, source, val_blocks, config, device, dist))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(val=f"{validation[-1]:.5f}")
+        if not validation[-1] < best:
+            model.load_state_dict(load_torch(out / "model.pt"))
+            break
+        best, kept = validation[-1], kept + 1
+        if dist.is_main:
+            save_torch(out / "model.pt", model.state_dict())
+        dist.barrier()
+    if bar is not None:
+        bar.close()
     return {
         "iterations": config.polish_iterations,
-        "max_log_tau2_change": changes,
+        "iterations_kept": kept,
+        "max_log_tau2_change": [step.max_log_tau2_change for step in steps],
+        "mean_loading_change": [step.mean_loading_change for step in steps],
+        "validation": validation,
         "validation_before": before,
-        "validation_after": after,
-        "kept": bool(kept),
+        "validation_after": best,
+        "kept": kept > 0,
     }
 
 
