@@ -24,9 +24,11 @@ and writes ``noise_samples.png`` (low-S/N training spectra near the point beside
 samples of both models) and ``intrinsic_scatter.png`` to ``--out``, plus ``noise.json``.
 ``--reuse DIR`` takes an already trained aware model from ``DIR/<spec>`` (as written by
 ``benchmarks/density.py --out DIR``) and a naive one from ``DIR/<spec>_naive`` when present.
-``--polish N`` adds, for every noise-aware factor-analysis model (label-independent loadings
-and scatter), a row for the same model after N closed-form ECM iterations on its intrinsic
-variance over the training stars (:func:`stellarflow.flows.polish_intrinsic_variance`).
+``--polish N`` adds, for every noise-aware factor-analysis model, a row for the same model
+after N closed-form ECM iterations over the training stars
+(:func:`stellarflow.flows.polish_factor_analysis`). A spec may carry training settings:
+``factor_analysis:n_latent=16;epochs=0;polish=8`` fits the model by ECM alone from the warm
+start (``TrainConfig.polish_iterations``).
 ``--label-errors`` adds a third variant: the aware model fine-tuned for
 ``--fine-tune-epochs`` with each star's label errors marginalised (``TrainConfig.label_errors``).
 """
@@ -53,7 +55,7 @@ from scipy import stats
 from stellarflow.analysis.calibrate import calibrate_log_prob
 from stellarflow.analysis.sampling import parse_label_point, stars_near
 from stellarflow.data.dataset import SpectralDataset
-from stellarflow.flows import FlowInputError, polish_intrinsic_variance
+from stellarflow.flows import FlowInputError, polish_factor_analysis
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
 from stellarflow.mock.answers import spectra_at_labels
@@ -80,20 +82,30 @@ def _train(
 ) -> Path:
     kind, options = model_options(spec)
     staged = options.pop("init_from", None)  # a spec may name its own start model
+    # training settings in a spec: "epochs=0;polish=8" fits factor analysis by ECM alone
+    # (a fine-tune from ``init_from`` uses --fine-tune-epochs and no polish instead)
+    epochs, polish = options.pop("epochs", args.epochs), options.pop("polish", 0)
+    if init_from is not None:
+        epochs, polish = args.fine_tune_epochs, 0
     config = TrainConfig(
         label_errors=label_errors,
         init_from=str(init_from) if init_from is not None else staged,
         label_names=LABELS,
         model=kind,
         model_options=options,
-        epochs=args.epochs if init_from is None else args.fine_tune_epochs,
+        epochs=epochs,
         time_limit=args.time_limit,
         seed=args.seed,
+        polish_iterations=polish,
     )
     started = time.perf_counter()
     result = train_model(dataset, config, out, overwrite=True)
     seconds = time.perf_counter() - started
-    print(f"  trained {out.name}: {result.epochs_run} epochs, {seconds:.0f} s")
+    ecm = ""
+    if polish:
+        record = json.loads((out / "metadata.json").read_text())["polish"]
+        ecm = f" + {record['iterations_kept']} ECM iterations kept"
+    print(f"  trained {out.name}: {result.epochs_run} epochs{ecm}, {seconds:.0f} s")
     return out
 
 
@@ -124,10 +136,10 @@ def _noise_free_samples(model, point: dict[str, float], n: int) -> np.ndarray:
 
 
 def _polished(model, train: SpectralDataset, n_iter: int):
-    """A copy of ``model`` with tau^2 polished on the training stars, or None if unsupported."""
+    """A copy of ``model`` after ECM iterations on the training stars, or None if unsupported."""
     polished = copy.deepcopy(model)
     try:
-        steps = polish_intrinsic_variance(
+        steps = polish_factor_analysis(
             polished,
             torch.as_tensor(train.flux),
             torch.as_tensor(train.ivar),
@@ -137,7 +149,8 @@ def _polished(model, train: SpectralDataset, n_iter: int):
     except FlowInputError as err:
         print(f"  no polish: {err}")
         return None
-    print(f"  polished: largest |step| in log tau^2 per iteration {np.round(steps, 3).tolist()}")
+    changes = [round(step.max_log_tau2_change, 3) for step in steps]
+    print(f"  polished: largest change of log tau^2 per iteration {changes}")
     return polished
 
 
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "--polish",
         type=int,
         default=0,
-        help="also evaluate each aware factor-analysis model after N tau^2 polish iterations",
+        help="also evaluate each aware factor-analysis model after N ECM iterations",
     )
     parser.add_argument(
         "--no-naive",
@@ -254,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     def add_polished(name: str, trained) -> None:
         polished = _polished(trained.model, train, args.polish)
         if polished is not None:
-            key = f"{name} + tau2 polish {args.polish}"
+            key = f"{name} + ECM {args.polish}"
             results[key], _ = evaluate_row(dataclasses.replace(trained, model=polished))
             print(json.dumps({"model": key, **results[key]}))
 
