@@ -86,7 +86,9 @@ def _train(
     # (a fine-tune from ``init_from`` uses --fine-tune-epochs and no polish instead)
     epochs, polish = options.pop("epochs", args.epochs), options.pop("polish", 0)
     if init_from is not None:
-        epochs, polish = args.fine_tune_epochs, 0
+        epochs, polish = args.fine_tune_epochs, args.fine_tune_polish
+        if polish:
+            epochs = 0  # the fine-tune by ECM alone
     config = TrainConfig(
         label_errors=label_errors,
         init_from=str(init_from) if init_from is not None else staged,
@@ -211,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=10,
         help="epochs of the label-errors model, started from the aware model",
+    )
+    parser.add_argument(
+        "--fine-tune-polish",
+        type=int,
+        default=0,
+        help="fine-tune the label-errors model by N ECM iterations instead of Adam epochs",
     )
     parser.add_argument(
         "--polish",

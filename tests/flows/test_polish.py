@@ -215,3 +215,30 @@ def test_a_pixel_masked_in_every_star_keeps_its_mean_and_scatter():
     torch.testing.assert_close(model.mean.theta[:, 3], before[0], rtol=0, atol=0)
     torch.testing.assert_close(model.log_intrinsic_var[3], before[1], rtol=0, atol=0)
     assert torch.isfinite(torch.cat([p.detach().flatten() for p in model.parameters()])).all()
+
+
+def test_full_ecm_with_label_errors_converges_on_their_marginal_likelihood():
+    """The CM-step for [z; e]: ascent and stationarity of the label-error likelihood."""
+    flux, ivar, labels = _survey(8)
+    errors = torch.full_like(labels, 30.0)  # K, on labels spread over 1,000 K
+    model = _model(flux, ivar, labels)
+
+    def loss() -> torch.Tensor:
+        return model.loss(flux, ivar, labels, context_err=errors)
+
+    def value() -> float:
+        with torch.no_grad():
+            return float(loss())
+
+    def gradient() -> float:
+        model.zero_grad()
+        loss().backward()
+        return max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
+
+    values, before = [value()], gradient()
+    for _ in range(3):
+        polish_factor_analysis(model, flux, ivar, labels, n_iter=1, context_err=errors)
+        values.append(value())
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(values)), values
+    polish_factor_analysis(model, flux, ivar, labels, n_iter=60, context_err=errors)
+    assert gradient() < 1e-2 * before

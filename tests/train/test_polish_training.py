@@ -55,8 +55,6 @@ def test_polish_settings_are_validated() -> None:
     base = tiny_config("factor_analysis").to_dict()
     with pytest.raises(ValueError, match="polish_iterations"):
         TrainConfig.from_dict({**base, "polish_iterations": -1})
-    with pytest.raises(ValueError, match="label_errors"):
-        TrainConfig.from_dict({**base, "polish_iterations": 2, "label_errors": True})
 
 
 def test_ecm_alone_fits_factor_analysis_with_label_dependent_terms(tmp_path) -> None:
@@ -92,3 +90,12 @@ def test_zero_epochs_need_the_polish() -> None:
     base = tiny_config("factor_analysis").to_dict()
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig.from_dict({**base, "epochs": 0})
+
+
+def test_ecm_with_label_errors_improves_the_marginal_likelihood(tmp_path) -> None:
+    """With ``label_errors`` the polish fits the model whose likelihood marginalises them."""
+    data = training_set()
+    config = tiny_config("factor_analysis", label_errors=True, polish_iterations=3)
+    result = train_model(data, config, tmp_path / "errors")
+    polish = json.loads((tmp_path / "errors" / "metadata.json").read_text())["polish"]
+    assert result.polished and polish["validation_after"] < polish["validation_before"]

@@ -31,7 +31,11 @@ from stellarflow.flows._checks import (
     check_flux,
     check_ivar,
 )
-from stellarflow.flows.linear_gaussian import n_quadratic_terms, quadratic_features
+from stellarflow.flows.linear_gaussian import (
+    n_quadratic_terms,
+    quadratic_feature_jacobian,
+    quadratic_features,
+)
 
 __all__ = [
     "QuadraticMean",
@@ -141,15 +145,7 @@ class QuadraticMean(nn.Module):
         Args:
             labels: `(*batch, L)` standardised labels (dimensionless).
         """
-        n = labels.shape[-1]
-        i, j = torch.triu_indices(n, n, device=labels.device)
-        eye = torch.eye(n, dtype=labels.dtype, device=labels.device)
-        # d(l_i l_j)/dl_m for every pair t = (i, j): (*batch, n_pairs, L)
-        d_pairs = labels[..., j, None] * eye[i] + labels[..., i, None] * eye[j]
-        linear = self.theta[1 : 1 + n]  # (L, P)
-        pairs = self.theta[1 + n :]  # (n_pairs, P)
-        jac = linear + d_pairs.transpose(-1, -2) @ pairs  # (*batch, L, P)
-        jac = jac.transpose(-1, -2)
+        jac = self.theta.T @ quadratic_feature_jacobian(labels)  # (*batch, P, L)
         if self.mlp is not None:
             jac = jac + _mlp_jacobian(self.mlp, labels)
         return jac

@@ -75,6 +75,22 @@ def quadratic_features(labels: Tensor | None, like: Tensor) -> Tensor:
     return torch.cat([ones, labels, labels[..., i] * labels[..., j]], dim=-1)
 
 
+def quadratic_feature_jacobian(labels: Tensor) -> Tensor:
+    r""":math:`\partial a / \partial l`, `(*batch, n_terms, L)`: the rows are
+    :math:`[0,\ e_m,\ \delta_{im} l_j + \delta_{jm} l_i]` for the constant, the linear terms
+    and each pair :math:`i \le j` of :func:`quadratic_features`.
+
+    Args:
+        labels: `(*batch, L)` standardised labels.
+    """
+    n = labels.shape[-1]
+    i, j = torch.triu_indices(n, n, device=labels.device)
+    eye = torch.eye(n, dtype=labels.dtype, device=labels.device)
+    pairs = labels[..., j, None] * eye[i] + labels[..., i, None] * eye[j]  # (*batch, pairs, L)
+    constant = labels.new_zeros((*labels.shape[:-1], 1, n))
+    return torch.cat([constant, eye.expand(*labels.shape[:-1], n, n), pairs], dim=-2)
+
+
 class NoiseModel(NamedTuple):
     r"""Per-pixel variance of the observation model, in standardised units.
 

@@ -38,6 +38,13 @@ iteration is up to two passes over the stars:
    Hessian where :math:`q \gg D`); the step is shrunk so that its root-mean-square change
    of :math:`\log v` over the stars is at most ``max_step``.
 
+**Label errors** (``context_err``): the latent vector becomes :math:`y = [z; e]` with the
+true labels :math:`\hat l + \sigma_l \odot e` (:mod:`stellarflow.flows.gaussian`); the
+linearised mean :math:`a(\hat l)^T\Theta + (\partial a/\partial l\,\mathrm{diag}\,\sigma_l\,
+e)^T\Theta` is still linear in :math:`\Theta` given e, so the mean rows of the regressors
+gain :math:`\partial a/\partial l\,\mathrm{diag}(\sigma_l)\,e` and the same normal
+equations (now with the joint posterior of ``[z; e]``) give the exact CM-step.
+
 Each CM-step raises the expected complete log-likelihood (the first exactly, the second in
 practice; the tests check the log-likelihood on data), hence the likelihood (generalised EM).
 The latent scales :math:`A` of ``label_dependent_variance`` and the MLP mean are not
@@ -54,11 +61,12 @@ from torch import Tensor
 
 from stellarflow.flows._checks import FlowInputError, check_flux
 from stellarflow.flows.base import star_chunks
-from stellarflow.flows.gaussian import FactorAnalysisModel
+from stellarflow.flows.gaussian import FactorAnalysisModel, label_error_loading
 from stellarflow.flows.linear_gaussian import (
     GaussianReference,
     latent_posterior,
     noise_model,
+    quadratic_feature_jacobian,
     quadratic_features,
 )
 
@@ -73,7 +81,8 @@ __all__ = [
 
 PARTS = ("mean_loading", "intrinsic_var")
 
-Chunks = Callable[[], Iterable[tuple[Tensor, Tensor, Tensor | None]]]
+Chunk = tuple[Tensor, Tensor, Tensor | None, Tensor | None]  # flux, ivar, context, context_err
+Chunks = Callable[[], Iterable[Chunk]]
 
 
 class PolishStep(NamedTuple):
@@ -121,6 +130,7 @@ class _Posterior(NamedTuple):
     chol_inv: Tensor  # (n, k, k): L^-1, Cov[z] = L^-T L^-1
     scale: Tensor  # (n, k): latent scales e^{a'(l) A} (ones without them)
     labels: Tensor | None  # (n, L) standardised labels, model dtype
+    error_design: Tensor | None  # (n, n_terms, L): d a / d l diag(sigma_l), label errors only
 
 
 def _loading_width(model: FactorAnalysisModel) -> int:
@@ -133,8 +143,13 @@ def _loading_width(model: FactorAnalysisModel) -> int:
 
 
 def _e_step(
-    model: FactorAnalysisModel, flux: Tensor, ivar: Tensor, context: Tensor | None
+    model: FactorAnalysisModel,
+    flux: Tensor,
+    ivar: Tensor,
+    context: Tensor | None,
+    context_err: Tensor | None = None,
 ) -> _Posterior:
+    """The exact posterior of the latent vector (with label errors: of ``[z; e]``)."""
     u, ivar_std = model.standardized(flux, ivar)
     labels = model.standardize_context(context)
     n = u.shape[0]
@@ -142,13 +157,25 @@ def _e_step(
     target = u.double()
     if model.mean.mlp is not None and labels is not None:
         target = target - model.mean.mlp(labels).double()
-    loading = model.loading_at(labels).detach().double()
+    loading = model.loading_at(labels).detach()
+    error_design = None
+    if context_err is not None and labels is not None:
+        if model.mean.mlp is not None:
+            raise FlowInputError(
+                "the ECM polish with label errors needs a quadratic mean (mean_hidden = 0)"
+            )
+        err_std = model.standardize_context_err(context_err)
+        extra = label_error_loading(model.mean, labels, err_std, 1.0).detach()
+        loading = torch.cat([loading.expand(n, *loading.shape[-2:]), extra], dim=-1)
+        error_design = (quadratic_feature_jacobian(labels) * err_std[:, None, :]).double()
+    loading = loading.double()
     noise = noise_model(model.intrinsic_var(labels).detach().double(), ivar_std.double())
     residual = target - features @ model.mean.theta.detach().double()
     post = latent_posterior(residual, loading, noise.precision, GaussianReference(1.0))
-    k = loading.shape[-1]
-    eye = torch.eye(k, dtype=torch.float64, device=u.device).expand_as(post.chol)
+    size = loading.shape[-1]
+    eye = torch.eye(size, dtype=torch.float64, device=u.device).expand_as(post.chol)
     chol_inv = torch.linalg.solve_triangular(post.chol, eye, upper=False)
+    k = model.loading.shape[-1]
     scale = torch.ones(n, k, dtype=torch.float64, device=u.device)
     if model.latent_scale_slopes is not None and labels is not None:
         scale = torch.exp(features[:, 1:] @ model.latent_scale_slopes.detach().double())
@@ -162,27 +189,40 @@ def _e_step(
         chol_inv,
         scale,
         labels,
+        error_design,
     )
 
 
 def _normal_equations(post: _Posterior) -> tuple[Tensor, Tensor, Tensor]:
     r"""Per-pixel :math:`\sum_n D^{-1} E[g g^T]` `(p, d, d)`, :math:`\sum_n D^{-1} u E[g]`
-    `(p, d)`, and :math:`\sum_n E[z z^T]` `(k, k)` (for the parameter expansion)."""
-    n, k = post.mean.shape
+    `(p, d)`, and :math:`\sum_n E[z z^T]` `(k, k)` (for the parameter expansion).
+
+    The regressors are affine in the latent vector y (z, or ``[z; e]`` with label errors):
+    :math:`g = c + G y` with :math:`c = [a(\hat l); 0]`, the loading rows
+    :math:`G_{[z \otimes h], z} = (I_k \otimes h)\,\mathrm{diag}(s)` and, with label errors
+    (true labels :math:`\hat l + \sigma_l \odot e`, the mean linearised), the mean rows
+    :math:`G_{a, e} = \partial a/\partial l\,\mathrm{diag}(\sigma_l)`; so
+    :math:`E[g] = c + G m` and :math:`\mathrm{Cov}[g] = G V G^T`.
+    """
+    n, size = post.mean.shape
+    k = post.scale.shape[1]
     h = post.loading_features
-    z_mean = post.mean * post.scale
-    z_cov = post.chol_inv.mT @ post.chol_inv * post.scale[:, :, None] * post.scale[:, None, :]
-    width = k * h.shape[1]
-    expected = torch.cat([post.features, (z_mean[:, :, None] * h[:, None, :]).reshape(n, width)], 1)
-    second = expected[:, :, None] * expected[:, None, :]
-    outer_h = h[:, :, None] * h[:, None, :]
-    z_block = z_cov[:, :, None, :, None] * outer_h[:, None, :, None, :]
-    start = post.features.shape[1]
-    second[:, start:, start:] += z_block.reshape(n, width, width)
+    n_terms, width = post.features.shape[1], k * h.shape[1]
+    eye = torch.eye(k, dtype=torch.float64, device=h.device)
+    z_rows = (post.scale[:, None, None, :] * eye[None, :, None, :]) * h[:, None, :, None]
+    design = post.features.new_zeros(n, n_terms + width, size)
+    design[:, n_terms:, :k] = z_rows.reshape(n, width, k)
+    if post.error_design is not None:
+        design[:, :n_terms, k:] = post.error_design
+    offset = torch.cat([post.features, post.features.new_zeros(n, width)], 1)
+    expected = offset + (design @ post.mean[:, :, None]).squeeze(-1)
+    spread = design @ post.chol_inv.mT  # G L^-T: Cov[g] = spread spread^T
+    second = expected[:, :, None] * expected[:, None, :] + spread @ spread.mT
     d = expected.shape[1]
     lhs = (post.precision.T @ second.reshape(n, d * d)).reshape(-1, d, d)
     rhs = (post.precision * post.target).T @ expected
-    z_second = (post.mean.T @ post.mean) + (post.chol_inv.mT @ post.chol_inv).sum(0)
+    z_cov = (post.chol_inv.mT @ post.chol_inv)[:, :k, :k]
+    z_second = post.mean[:, :k].T @ post.mean[:, :k] + z_cov.sum(0)
     return lhs, rhs, z_second
 
 
@@ -293,10 +333,12 @@ def polish_in_passes(
     r"""ECM iterations over chunks from a callable (out-of-core surveys; module docstring).
 
     Args:
-        model: a :class:`FactorAnalysisModel` (any loading and scatter options; label
-            errors are not part of the polish). Updated in place.
-        one_pass: returns a fresh iterable of ``(flux, ivar, context)`` chunks covering the
-            training stars once (anything at masked pixels: standardisation zeroes them).
+        model: a :class:`FactorAnalysisModel` (any loading and scatter options). Updated
+            in place.
+        one_pass: returns a fresh iterable of ``(flux, ivar, context, context_err)`` chunks
+            covering the training stars once (anything at masked pixels: standardisation
+            zeroes them; ``context_err`` None, or the labels' one-sigma errors to
+            marginalise).
         n_iter: ECM iterations (each is one pass per updated part).
         max_step: largest root-mean-square change of :math:`\log(\tau^2 - \tau_{min}^2)`
             per pixel and iteration.
@@ -319,8 +361,8 @@ def polish_in_passes(
         change = 0.0
         if "mean_loading" in parts:
             sums, n_stars = None, 0
-            for flux, ivar, context in one_pass():
-                new = _normal_equations(_e_step(model, flux, ivar, context))
+            for flux, ivar, context, context_err in one_pass():
+                new = _normal_equations(_e_step(model, flux, ivar, context, context_err))
                 sums = new if sums is None else tuple(s + t for s, t in zip(sums, new, strict=True))
                 n_stars += flux.shape[0]
             if sums is not None:
@@ -329,8 +371,8 @@ def polish_in_passes(
         tau_change = 0.0
         if "intrinsic_var" in parts:
             sums = None
-            for flux, ivar, context in one_pass():
-                new = _variance_sums(model, _e_step(model, flux, ivar, context))
+            for flux, ivar, context, context_err in one_pass():
+                new = _variance_sums(model, _e_step(model, flux, ivar, context, context_err))
                 sums = new if sums is None else tuple(s + t for s, t in zip(sums, new, strict=True))
             if sums is not None:
                 grad, info, moment = sums
@@ -345,6 +387,7 @@ def _in_memory(
     flux: Tensor,
     ivar: Tensor,
     context: Tensor | None,
+    context_err: Tensor | None,
     chunk_size: int,
 ) -> Chunks:
     check_polishable(model)
@@ -357,10 +400,16 @@ def _in_memory(
             f"ivar must have the flux's shape {tuple(flux.shape)}; pass each star's inverse "
             "variance (0 = masked)"
         )
+    model._check_context_err(context_err, context)
 
-    def one_pass() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+    def one_pass() -> Iterator[Chunk]:
         for part in star_chunks(flux.shape[0], chunk_size):
-            yield flux[part], ivar[part], None if context is None else context[part]
+            yield (
+                flux[part],
+                ivar[part],
+                None if context is None else context[part],
+                None if context_err is None else context_err[part],
+            )
 
     return one_pass
 
@@ -376,6 +425,7 @@ def polish_factor_analysis(
     chunk_size: int = 256,
     max_step: float = 1.0,
     parts: Sequence[str] = PARTS,
+    context_err: Tensor | None = None,
 ) -> list[PolishStep]:
     r"""ECM iterations on a factor-analysis model's mean, loadings and scatter, in place.
 
@@ -390,6 +440,9 @@ def polish_factor_analysis(
             pixels x d^2 for the normal equations, module docstring).
         max_step: see :func:`polish_in_passes`.
         parts: see :func:`polish_in_passes`.
+        context_err: `(n_stars, n_context)` one-sigma label errors, physical units, or
+            None: marginalised exactly as in the model's likelihood (the latent vector is
+            ``[z; e]``; module docstring). Needs ``mean_hidden = 0``.
 
     Returns:
         One :class:`PolishStep` per iteration.
@@ -397,7 +450,7 @@ def polish_factor_analysis(
     Raises:
         FlowInputError: unsupported model or part, or inputs of the wrong shape.
     """
-    one_pass = _in_memory(model, flux, ivar, context, chunk_size)
+    one_pass = _in_memory(model, flux, ivar, context, context_err, chunk_size)
     return polish_in_passes(model, one_pass, n_iter=n_iter, max_step=max_step, parts=parts)
 
 
@@ -417,7 +470,7 @@ def polish_intrinsic_variance(
     Arguments as :func:`polish_factor_analysis`. Returns, per iteration, the largest change
     of :math:`\log \tau^2` made (pixels held at ``var_floor`` count as unchanged).
     """
-    one_pass = _in_memory(model, flux, ivar, context, chunk_size)
+    one_pass = _in_memory(model, flux, ivar, context, None, chunk_size)
     steps = polish_in_passes(
         model, one_pass, n_iter=n_iter, max_step=max_step, parts=("intrinsic_var",)
     )

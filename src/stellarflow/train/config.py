@@ -60,9 +60,10 @@ class TrainConfig:
             factor-analysis model and only has to improve on it. None: warm start from data.
         polish_iterations: after training, at most this many closed-form ECM iterations
             over the training stars take a factor-analysis model's mean, loadings and
-            per-pixel scatter towards their maximum likelihood (no label errors;
-            :func:`stellarflow.flows.polish_factor_analysis`); each is kept only if the
-            validation loss improves, and the first that does not ends the polish. With
+            per-pixel scatter towards their maximum likelihood (with ``label_errors``
+            marginalising them; :func:`stellarflow.flows.polish_factor_analysis`); each is
+            kept only if the validation loss improves, and the first that does not ends the
+            polish. With
             ``epochs = 0`` the model is fitted by ECM alone from the warm start. 0: no
             polish.
     """
@@ -135,8 +136,6 @@ class TrainConfig:
             raise ValueError(
                 f"polish_iterations must be an integer >= 0, got {self.polish_iterations}"
             )
-        if self.polish_iterations and self.label_errors:
-            raise ValueError("polish_iterations does not support label_errors; set one of them")
 
     @property
     def error_names(self) -> tuple[str, ...]:

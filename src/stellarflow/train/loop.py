@@ -539,16 +539,17 @@ def _polish(
     model.load_state_dict(load_torch(out / "model.pt"))
     dtype = _dtype(model)
 
-    def one_pass() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def one_pass() -> Iterator[tuple[torch.Tensor, ...]]:
         for batch in iter_batches(
             source,
             train_blocks,
             256,
             config.label_names,
+            error_names=config.error_names,
             min_good_fraction=config.min_good_fraction,
         ):
-            flux, ivar, labels, _ = _tensors(batch, device, dtype)
-            yield flux, ivar, labels if config.label_names else None
+            flux, ivar, labels, errors = _tensors(batch, device, dtype)
+            yield flux, ivar, labels if config.label_names else None, errors
 
     bar = None
     if progress and dist.is_main:
