@@ -44,8 +44,12 @@ def train_on_first(
     time_limit: float,
     seed: int,
     labels: tuple[str, ...] = ("TEFF", "LOGG", "FE_H"),
+    polish: int = 0,
 ) -> float:
-    """Train ``kind`` on the survey's first ``n_stars`` stars (CPU, batch 256); seconds taken."""
+    """Train ``kind`` on the survey's first ``n_stars`` stars (CPU, batch 256); seconds taken.
+
+    ``polish`` > 0 (factor analysis): fit by that many ECM iterations instead of Adam epochs.
+    """
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.train.config import TrainConfig
     from stellarflow.train.loop import train_model
@@ -54,11 +58,12 @@ def train_on_first(
         label_names=labels,
         model=kind,
         model_options=options,
-        epochs=epochs,
+        epochs=0 if polish else epochs,
         batch_size=256,
         time_limit=time_limit,
         seed=seed,
         device="cpu",
+        polish_iterations=polish,
     )
     started = time.perf_counter()
     with open_survey(survey_path) as survey:

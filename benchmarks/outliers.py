@@ -112,8 +112,10 @@ def isolation_forest(train_coef: np.ndarray, test_coef: np.ndarray, seed: int) -
 def train(survey_path: Path, n_train: int, kind: str, out: Path, args) -> float:
     """Train ``kind`` on the first ``n_train`` stars; return seconds."""
     options = {"n_latent": args.n_latent, **dict(args.option)} if kind != "cannon" else {}
+    polish = args.polish if kind == "factor_analysis" else 0
     return train_on_first(survey_path, n_train, kind, options, out, epochs=args.epochs,
-                          time_limit=args.time_limit, seed=args.seed, labels=LABELS)  # fmt: skip
+                          time_limit=args.time_limit, seed=args.seed, labels=LABELS,
+                          polish=polish)  # fmt: skip
 
 
 def attribution(
@@ -208,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         help="more model options, KEY=JSON_VALUE (repeatable), e.g. label_dependent_variance=true",
     )
     parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument(
+        "--polish",
+        type=int,
+        default=0,
+        help="fit a factor_analysis model by N ECM iterations instead of Adam epochs",
+    )
     parser.add_argument("--time-limit", type=float, default=3.0, help="minutes per model")
     parser.add_argument("--pca-components", type=int, default=20)
     parser.add_argument("--chunk-size", type=int, default=512)
