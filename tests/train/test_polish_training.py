@@ -99,3 +99,12 @@ def test_ecm_with_label_errors_improves_the_marginal_likelihood(tmp_path) -> Non
     result = train_model(data, config, tmp_path / "errors")
     polish = json.loads((tmp_path / "errors" / "metadata.json").read_text())["polish"]
     assert result.polished and polish["validation_after"] < polish["validation_before"]
+
+
+def test_the_time_limit_ends_the_polish_after_the_iteration_under_way(tmp_path) -> None:
+    data = training_set()
+    config = tiny_config("factor_analysis", epochs=0, polish_iterations=5, time_limit=1e-6)
+    train_model(data, config, tmp_path / "timed")
+    polish = json.loads((tmp_path / "timed" / "metadata.json").read_text())["polish"]
+    assert len(polish["validation"]) == 1
+    assert polish["stopped_by_time_limit"] == polish["kept"]  # a kept first iteration, then stop

@@ -339,6 +339,11 @@ def train_model(
         history: list[dict[str, float]] = state["history"]
         best = float(state["best_validation"])
         best_epoch = int(state["best_epoch"])
+        # a finished run's ECM polish may have saved better weights than its best epoch:
+        # an epoch of the resumed run replaces model.pt only if it beats those
+        finished = read_json(out / "metadata.json") if (out / "metadata.json").exists() else {}
+        if finished.get("polish", {}).get("kept"):
+            best = min(best, float(finished["polish"]["validation_after"]))
     else:
         warm = next(
             iter_batches(
@@ -478,8 +483,21 @@ def train_model(
     polish = None
     if config.polish_iterations and (best_epoch >= 0 or not config.epochs):
         before = best if best_epoch >= 0 else None
+        deadline = None
+        if config.time_limit is not None:
+            deadline = start_time + 60.0 * config.time_limit
         polish = _polish(
-            model, source, train_blocks, val_blocks, before, config, device, dist, out, progress
+            model,
+            source,
+            train_blocks,
+            val_blocks,
+            before,
+            config,
+            device,
+            dist,
+            out,
+            progress,
+            deadline,
         )
         best = polish["validation_after"]
     if dist.is_main:
@@ -520,6 +538,7 @@ def _polish(
     dist: Distributed,
     out: Path,
     progress: bool,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """ECM iterations from the best weights; each kept only while validation improves.
 
@@ -527,7 +546,9 @@ def _polish(
     None when no epoch ran (``epochs = 0``: the warm start is measured and saved first).
     Every rank runs the same deterministic passes over all training blocks, so the ranks stay
     identical; the main rank rewrites ``model.pt`` atomically after each improving
-    iteration, and the first iteration that does not improve is undone and ends the polish.
+    iteration, and the first iteration that does not improve is undone and ends the polish;
+    so does reaching ``deadline`` (``time.monotonic()``, the run's time limit), after the
+    iteration under way.
     """
     from stellarflow.flows.polish import polish_in_passes
 
@@ -557,7 +578,7 @@ def _polish(
 
         bar = tqdm(total=config.polish_iterations, desc="ECM polish", unit="iteration")
     model.eval()
-    best, steps, validation, kept = before, [], [], 0
+    best, steps, validation, kept, time_limited = before, [], [], 0, False
     for _ in range(config.polish_iterations):
         steps += polish_in_passes(model, one_pass, n_iter=1)
         validation.append(evaluate(model, source, val_blocks, config, device, dist))
@@ -571,6 +592,9 @@ def _polish(
         if dist.is_main:
             save_torch(out / "model.pt", model.state_dict())
         dist.barrier()
+        if deadline is not None and dist.broadcast_flag(time.monotonic() >= deadline, device):
+            time_limited = True
+            break
     if bar is not None:
         bar.close()
     return {
@@ -582,6 +606,7 @@ def _polish(
         "validation_before": before,
         "validation_after": best,
         "kept": kept > 0,
+        "stopped_by_time_limit": time_limited,
     }
 
 
