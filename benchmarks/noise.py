@@ -13,7 +13,9 @@ density of the noisy spectra, as flow research code does). Masked pixels stay ma
 both. On the held-out inliers (the mock's ``outlier_kind`` is empty) it prints:
 
 * Spearman rho between the star's S/N and its calibrated score ``z``
-  (:mod:`stellarflow.analysis.calibrate`; target |rho| < 0.1 for the aware model);
+  (:mod:`stellarflow.analysis.calibrate`; target |rho| < 0.1 for the aware model), and to
+  locate it (JSON rows) the median z per S/N quintile and, in the top S/N quartile, at the
+  10% edges of each label;
 * held-out log-likelihood in nats per pixel of the observed spectra at S/N < 60 and its gap
   to the mock's oracle (both models score the same observed flux);
 * at the label point: the model's intrinsic (noise-free) scatter per pixel over the mock's
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import json
 import tempfile
 import time
@@ -177,7 +180,22 @@ def _evaluate(trained, test, truth, inlier, naive: bool, n_reference: int) -> di
     n_good = (~test.mask).sum(1)
     rho = stats.spearmanr(snr[ok], scores.z[ok]).statistic
     rho_raw = stats.spearmanr(snr[ok], scores.log_prob[ok] / n_good[ok]).statistic
+    # where the S/N dependence comes from: median z by S/N quintile, and at the top S/N
+    # quartile by label edge (the scatter at fixed labels shows only where noise is small)
+    edges = np.quantile(snr[ok], np.linspace(0, 1, 6))
+    by_snr = [
+        float(np.median(scores.z[ok & (snr >= a) & (snr <= b)]))
+        for a, b in itertools.pairwise(edges)
+    ]
+    high = ok & (snr >= np.quantile(snr[ok], 0.75))
+    by_label = {}
+    for name, column in zip(LABELS, context.T, strict=True):
+        low_cut, high_cut = np.quantile(column[ok], [0.1, 0.9])
+        for side, chosen in (("low", column <= low_cut), ("high", column >= high_cut)):
+            by_label[f"{name}_{side}10"] = float(np.median(scores.z[high & chosen]))
     return {
+        "median_z_by_snr_quintile": by_snr,
+        "high_snr_median_z_at_label_edges": by_label,
         "spearman_snr_z": float(rho),
         "spearman_snr_log_prob_per_pixel": float(rho_raw),
         "median_z": float(np.median(scores.z[ok])),
