@@ -24,7 +24,10 @@ iteration is up to two passes over the stars:
    masked pixels have :math:`D^{-1} = 0` and carry no weight). The normal equations need
    only :math:`E[g g^T]`, i.e. :math:`m_n` and :math:`V_n`: :math:`O(n\,p\,d^2)` per pass,
    :math:`d = n_{terms} + k\,|h|`. An MLP residual on the mean (``mean_hidden``) is held
-   fixed; :math:`\Theta` of the quadratic part is refitted under it.
+   fixed; :math:`\Theta` of the quadratic part is refitted under it. Parameter expansion
+   (PX-EM, Liu, Rubin & Wu 1998): the same pass also fits a covariance :math:`\Sigma` of
+   the latent prior, :math:`\frac1n \sum_n E[z z^T]`, and folds it into the loadings,
+   :math:`W \to W L_\Sigma`; plain EM crawls along the loadings' overall scale.
 2. **Intrinsic variance** (``"intrinsic_var"``). A fresh E-step, then per pixel one Fisher
    scoring step on the expected complete log-likelihood
    :math:`\sum_n -\tfrac12 [\log D_{np} + q_{np} / D_{np}]`,
@@ -48,7 +51,8 @@ equations (now with the joint posterior of ``[z; e]``) give the exact CM-step.
 Each CM-step raises the expected complete log-likelihood (the first exactly, the second in
 practice; the tests check the log-likelihood on data), hence the likelihood (generalised EM).
 The latent scales :math:`A` of ``label_dependent_variance`` and the MLP mean are not
-updated. ``train --polish N`` runs N iterations after Adam, keeping the best by validation.
+updated. ``train --polish N`` runs N iterations after Adam (``--epochs 0``: instead of
+it), keeping each only while the validation loss improves.
 """
 
 from __future__ import annotations
