@@ -474,8 +474,14 @@ def polish_intrinsic_variance(
     Arguments as :func:`polish_factor_analysis`. Returns, per iteration, the largest change
     of :math:`\log \tau^2` made (pixels held at ``var_floor`` count as unchanged).
     """
-    one_pass = _in_memory(model, flux, ivar, context, None, chunk_size)
-    steps = polish_in_passes(
-        model, one_pass, n_iter=n_iter, max_step=max_step, parts=("intrinsic_var",)
+    steps = polish_factor_analysis(
+        model,
+        flux,
+        ivar,
+        context,
+        n_iter=n_iter,
+        chunk_size=chunk_size,
+        max_step=max_step,
+        parts=("intrinsic_var",),
     )
     return [step.max_log_tau2_change for step in steps]
