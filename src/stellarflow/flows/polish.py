@@ -248,8 +248,8 @@ def _solve_mean_loading(
     chol, info = torch.linalg.cholesky_ex(lhs + ridge[:, None, None] * torch.eye(d).to(lhs))
     beta = torch.cholesky_solve(rhs[:, :, None], chol).squeeze(-1)
     # pixels without data (every star masked) or a singular system keep their values
-    beta = torch.where(((info == 0) & (diag[:, 0] > 0))[:, None], beta, old)
-    beta = torch.where(torch.isfinite(beta), beta, old)
+    solved = (info == 0) & (diag[:, 0] > 0) & torch.isfinite(beta).all(-1)
+    beta = torch.where(solved[:, None], beta, old)
     blocks = beta[:, n_terms:].reshape(-1, k, _loading_width(model))
     factor, failed = torch.linalg.cholesky_ex(z_moment)
     if model.latent_scale_slopes is not None:  # diagonal expansion: commutes with the scales
@@ -325,6 +325,15 @@ def _step_intrinsic_var(
     return float((torch.log(after) - torch.log(before)).abs().max())
 
 
+def _accumulate(sums: tuple[Tensor, ...] | None, new: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Add one chunk's sums in place (the normal equations are pixels x d^2 numbers)."""
+    if sums is None:
+        return new
+    for total, part in zip(sums, new, strict=True):
+        total += part
+    return sums
+
+
 @torch.no_grad()
 def polish_in_passes(
     model: FactorAnalysisModel,
@@ -367,7 +376,7 @@ def polish_in_passes(
             sums, n_stars = None, 0
             for flux, ivar, context, context_err in one_pass():
                 new = _normal_equations(_e_step(model, flux, ivar, context, context_err))
-                sums = new if sums is None else tuple(s + t for s, t in zip(sums, new, strict=True))
+                sums = _accumulate(sums, new)
                 n_stars += flux.shape[0]
             if sums is not None:
                 lhs, rhs, z_second = sums
@@ -377,7 +386,7 @@ def polish_in_passes(
             sums = None
             for flux, ivar, context, context_err in one_pass():
                 new = _variance_sums(model, _e_step(model, flux, ivar, context, context_err))
-                sums = new if sums is None else tuple(s + t for s, t in zip(sums, new, strict=True))
+                sums = _accumulate(sums, new)
             if sums is not None:
                 grad, info, moment = sums
                 n_stars = moment[0, 0]
