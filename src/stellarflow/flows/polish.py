@@ -41,6 +41,23 @@ iteration is up to two passes over the stars:
    Hessian where :math:`q \gg D`); the step is shrunk so that its root-mean-square change
    of :math:`\log v` over the stars is at most ``max_step``.
 
+3. **Latent scales** (``"latent_scale"``, with ``label_dependent_variance``), in the same
+   pass as 2 and from the same E-step. Take :math:`z' = s(l) \odot z` as the complete data:
+   the observation model :math:`u = \mu + W(l) z' + \epsilon` no longer involves the
+   scales, and the prior :math:`z'_i \sim N(0, s_i(l)^2)` involves nothing else, so the
+   expected complete log-likelihood separates and its scale part,
+
+   .. math:: \sum_n -\big[\log s_{ni} + E[z'^2_{ni}] / (2 s_{ni}^2)\big], \qquad
+             \log s_{ni} = c_i + a'(l_n)^T A_i ,
+
+   is concave in :math:`(c_i, A_i)`; it is maximised exactly (damped Newton with
+   back-tracking). The overall scale :math:`c_i` is folded into the loadings' column i
+   (:math:`W_{\cdot i} \to e^{c_i} W_{\cdot i}`, every label block), which leaves the
+   likelihood unchanged: only the label-dependence A is a parameter of the model. Without
+   this step ``--epochs 0`` fits held the scales at zero: latent directions whose amplitude
+   grows towards the label edges (deeper lines in cool, metal-poor giants) were left
+   under-predicted there (session 7, issue 3).
+
 **Label errors** (``context_err``): the latent vector becomes :math:`y = [z; e]` with the
 true labels :math:`\hat l + \sigma_l \odot e` (:mod:`stellarflow.flows.gaussian`); the
 linearised mean :math:`a(\hat l)^T\Theta + (\partial a/\partial l\,\mathrm{diag}\,\sigma_l\,
@@ -48,11 +65,10 @@ e)^T\Theta` is still linear in :math:`\Theta` given e, so the mean rows of the r
 gain :math:`\partial a/\partial l\,\mathrm{diag}(\sigma_l)\,e` and the same normal
 equations (now with the joint posterior of ``[z; e]``) give the exact CM-step.
 
-Each CM-step raises the expected complete log-likelihood (the first exactly, the second in
-practice; the tests check the log-likelihood on data), hence the likelihood (generalised EM).
-The latent scales :math:`A` of ``label_dependent_variance`` and the MLP mean are not
-updated. ``train --polish N`` runs N iterations after Adam (``--epochs 0``: instead of
-it), keeping each only while the validation loss improves.
+Each CM-step raises the expected complete log-likelihood (the first and third exactly, the
+second in practice; the tests check the log-likelihood on data), hence the likelihood
+(generalised EM). The MLP mean is not updated. ``train --polish N`` runs N iterations after
+Adam (``--epochs 0``: instead of it), keeping each only while the validation loss improves.
 """
 
 from __future__ import annotations
@@ -83,7 +99,7 @@ __all__ = [
     "polish_intrinsic_variance",
 ]
 
-PARTS = ("mean_loading", "intrinsic_var")
+PARTS = ("mean_loading", "intrinsic_var", "latent_scale")
 
 Chunk = tuple[Tensor, Tensor, Tensor | None, Tensor | None]  # flux, ivar, context, context_err
 Chunks = Callable[[], Iterable[Chunk]]
@@ -98,10 +114,15 @@ class PolishStep(NamedTuple):
             the intrinsic variance was not updated.
         mean_loading_change: relative change of the mean coefficients and loadings,
             :math:`\\|\\Delta\\beta\\|_F / \\|\\beta\\|_F`; 0 when they were not updated.
+        max_log_scale_change: largest absolute change of a latent direction's log scale
+            :math:`\\log s_i(l)` over the training stars (the label-dependence only; the
+            overall scale folded into the loadings is not counted); 0 when the latent
+            scales were not updated or the model has none.
     """
 
     max_log_tau2_change: float
     mean_loading_change: float
+    max_log_scale_change: float = 0.0
 
 
 def check_polishable(model: torch.nn.Module) -> FactorAnalysisModel:
@@ -325,6 +346,75 @@ def _step_intrinsic_var(
     return float((torch.log(after) - torch.log(before)).abs().max())
 
 
+def _scale_moments(post: _Posterior) -> Tensor:
+    r""":math:`E[z'^2_{ni}]` `(n, k)` of the scaled latent vector :math:`z' = s \odot z`."""
+    k = post.scale.shape[1]
+    variance = post.chol_inv[:, :, :k].square().sum(1)  # diag(L^-T L^-1) of the z block
+    return post.scale.square() * (post.mean[:, :k].square() + variance)
+
+
+def _fit_log_scales(basis: Tensor, moments: Tensor, start: Tensor, n_newton: int = 50) -> Tensor:
+    r"""Maximise :math:`\sum_n -[x_n^T b_i + \tfrac12 m_{ni} e^{-2 x_n^T b_i}]` per column i.
+
+    Args:
+        basis: `(n, B)` regressors :math:`x_n = [1, a'(l_n)]`.
+        moments: `(n, k)` :math:`m_{ni} = E[z'^2_{ni}] > 0`.
+        start: `(k, B)` starting coefficients.
+
+    Returns:
+        `(k, B)` coefficients: the exact maximiser (the objective is strictly concave),
+        found by Newton steps halved until the objective rises.
+    """
+    n = basis.shape[0]
+
+    def objective(coef: Tensor) -> Tensor:
+        eta = basis @ coef.T  # (n, k)
+        return -(eta + 0.5 * moments * torch.exp(-2 * eta)).sum(0) / n
+
+    coef = start.clone()
+    value = objective(coef)
+    eye = torch.eye(basis.shape[1], dtype=basis.dtype, device=basis.device)
+    for _ in range(n_newton):
+        weight = moments * torch.exp(-2 * (basis @ coef.T))  # (n, k)
+        grad = ((weight - 1).T @ basis) / n  # (k, B)
+        hess = 2 * torch.einsum("nk,nb,nc->kbc", weight, basis, basis) / n
+        scale = torch.diagonal(hess, dim1=-2, dim2=-1).mean(-1).clamp(min=1e-300)
+        step = torch.linalg.solve(hess + 1e-12 * scale[:, None, None] * eye, grad)
+        rate = torch.ones(coef.shape[0], 1, dtype=coef.dtype, device=coef.device)
+        for _ in range(30):  # back-tracking, per column
+            trial = coef + rate * step
+            better = objective(trial) >= value
+            if bool(better.all()):
+                break
+            rate = torch.where(better[:, None], rate, 0.5 * rate)
+        trial_value = objective(trial)
+        improved = trial_value >= value
+        coef = torch.where(improved[:, None], trial, coef)
+        gain = torch.where(improved, trial_value - value, torch.zeros_like(value))
+        value = torch.maximum(trial_value, value)
+        if float(gain.max()) < 1e-13:
+            break
+    return coef
+
+
+def _step_latent_scales(model: FactorAnalysisModel, basis: Tensor, moments: Tensor) -> float:
+    """The exact CM-step of the latent scales (module docstring, 3); the largest change."""
+    slopes = model.latent_scale_slopes
+    assert slopes is not None
+    old = slopes.detach().double()
+    start = torch.cat([torch.zeros_like(old[:1]), old], 0).T  # (k, 1 + T)
+    coef = _fit_log_scales(basis, moments, start)
+    if not bool(torch.isfinite(coef).all()):
+        return 0.0
+    overall = torch.exp(coef[:, 0]).to(model.loading.dtype)  # folded into W's columns
+    for loading in (model.loading, model.loading_slopes, model.loading_curvature):
+        if loading is not None:
+            loading.mul_(overall)
+    slopes.copy_(coef[:, 1:].T.to(slopes.dtype))
+    change = basis[:, 1:] @ (coef[:, 1:].T - old)
+    return float(change.abs().max())
+
+
 def _accumulate(sums: tuple[Tensor, ...] | None, new: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """Add one chunk's sums in place (the normal equations are pixels x d^2 numbers)."""
     if sums is None:
@@ -357,7 +447,10 @@ def polish_in_passes(
             per pixel and iteration.
         parts: what to update, a subset of :data:`PARTS` (``"mean_loading"``: mean
             coefficients and loadings; ``"intrinsic_var"``: the per-pixel scatter and its
-            label slopes).
+            label slopes; ``"latent_scale"``: the label-dependence of the latent
+            directions' scales, a no-op for models without ``label_dependent_variance``).
+            The scale step keeps each star's regressors and latent second moments, `(n,
+            n_terms + k)` numbers, for its exact Newton solve.
 
     Returns:
         One :class:`PolishStep` per iteration.
@@ -381,17 +474,25 @@ def polish_in_passes(
             if sums is not None:
                 lhs, rhs, z_second = sums
                 change = _solve_mean_loading(model, lhs, rhs, z_second / n_stars)
-        tau_change = 0.0
-        if "intrinsic_var" in parts:
-            sums = None
+        tau_change, scale_change = 0.0, 0.0
+        tau = "intrinsic_var" in parts
+        scales = "latent_scale" in parts and model.latent_scale_slopes is not None
+        if tau or scales:  # one E-step serves both CM-steps (module docstring, 2 and 3)
+            sums, bases, moments = None, [], []
             for flux, ivar, context, context_err in one_pass():
-                new = _variance_sums(model, _e_step(model, flux, ivar, context, context_err))
-                sums = _accumulate(sums, new)
+                post = _e_step(model, flux, ivar, context, context_err)
+                if tau:
+                    sums = _accumulate(sums, _variance_sums(model, post))
+                if scales and post.labels is not None:
+                    bases.append(post.features)
+                    moments.append(_scale_moments(post))
             if sums is not None:
                 grad, info, moment = sums
                 n_stars = moment[0, 0]
                 tau_change = _step_intrinsic_var(model, grad, info, moment / n_stars, max_step)
-        steps.append(PolishStep(tau_change, change))
+            if bases:
+                scale_change = _step_latent_scales(model, torch.cat(bases), torch.cat(moments))
+        steps.append(PolishStep(tau_change, change, scale_change))
     return steps
 
 

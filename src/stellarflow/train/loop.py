@@ -602,6 +602,7 @@ def _polish(
         "iterations_kept": kept,
         "max_log_tau2_change": [step.max_log_tau2_change for step in steps],
         "mean_loading_change": [step.mean_loading_change for step in steps],
+        "max_log_scale_change": [step.max_log_scale_change for step in steps],
         "validation": validation,
         "validation_before": before,
         "validation_after": best,
