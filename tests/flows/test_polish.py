@@ -321,3 +321,83 @@ def test_latent_scales_recover_a_scatter_that_grows_towards_the_label_edge():
     torch.testing.assert_close(slopes[PARTS], torch.full((k,), slope, dtype=torch.float64),
                                atol=0.1, rtol=0)  # fmt: skip
     assert held_out[PARTS] > held_out[("mean_loading", "intrinsic_var")] + 1.0
+
+
+def _fitted_with_variance(seed: int, n: int = 400):
+    """Factor analysis fitted by ECM to ``n`` stars of :func:`_survey`, with the estimate."""
+    flux, ivar, labels = _survey(seed)
+    flux, ivar, labels = flux[:n], ivar[:n], labels[:n]
+    model = _model(flux, ivar, labels)
+    polish_factor_analysis(model, flux, ivar, labels, n_iter=25, coefficient_variance=True)
+    return model
+
+
+def _mahalanobis(model, flux, ivar, labels) -> torch.Tensor:
+    """r^T C^-1 r per star with C built by hand from the model's parts (predictive variance
+    included), checked against the model's own log_prob on the way."""
+    std = model.standardize_context(labels)
+    u, ivar_std = model.standardized(flux, ivar)
+    loading = model.loading_at(std).expand(len(flux), -1, -1)
+    var = model.predictive_var(std).expand(len(flux), -1) + 1 / ivar_std
+    cov = loading @ loading.mT + torch.diag_embed(var)
+    r = u - model.mean(std)
+    chol = torch.linalg.cholesky(cov)
+    maha = torch.cholesky_solve(r[..., None], chol)[..., 0].mul(r).sum(-1)
+    logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    own = -0.5 * (maha + logdet + r.shape[-1] * math.log(2 * math.pi))
+    own = own - model.flux_scale.log().sum()  # standardisation's Jacobian
+    torch.testing.assert_close(model.observed_log_prob(flux, ivar, labels), own)
+    return maha
+
+
+@torch.no_grad()
+def test_coefficient_variance_removes_the_held_out_chi2_excess():
+    """Few training stars per coefficient: held-out stars sit further from a plug-in model
+    than its covariance says. With the estimated coefficient
+    variance the held-out excess of the Mahalanobis distance over its dof largely goes."""
+    gen = torch.Generator().manual_seed(11)
+    p, k, n_train, n_test = 48, 2, 150, 4000
+    loading = 0.05 * torch.randn(p, k, generator=gen, dtype=torch.float64)
+    tau = 0.005 + 0.01 * torch.rand(p, generator=gen, dtype=torch.float64)
+    slope = torch.linspace(0.2, 1, p, dtype=torch.float64)
+
+    def draw(n):
+        lab = torch.rand(n, 1, generator=gen, dtype=torch.float64)
+        z = torch.randn(n, k, generator=gen, dtype=torch.float64)
+        sigma = 0.003 + 0.01 * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+        eps = torch.randn(n, p, generator=gen, dtype=torch.float64)
+        flux = 1 - 0.3 * lab * slope + z @ loading.T + torch.sqrt(tau**2 + sigma**2) * eps
+        return flux, (1 / sigma**2).expand(n, p).clone(), 4000 + 1000 * lab
+
+    train, test = draw(n_train), draw(n_test)
+    torch.manual_seed(0)
+    model = build_model("factor_analysis", p, 1, n_latent=k).double()
+    model.initialize_from_data(*train)
+    polish_factor_analysis(model, *train, n_iter=40)
+    excess = {"plug-in": float(_mahalanobis(model, *test).mean()) - p}
+    polish_factor_analysis(model, *train, n_iter=0, coefficient_variance=True)
+    excess["predictive"] = float(_mahalanobis(model, *test).mean()) - p
+    # 5 coefficients per pixel from 150 stars, 48 pixels: excess 2.3 (standard error of
+    # each held-out mean ~0.15); the complete-data information is a lower bound on the
+    # variance, so some excess stays (0.7 here)
+    assert excess["plug-in"] > 1.0, excess
+    assert abs(excess["predictive"]) < 0.5 * excess["plug-in"], excess
+
+
+def test_coefficient_variance_widens_predictions_and_survives_a_checkpoint(tmp_path):
+    model = _fitted_with_variance(0)
+    labels = torch.tensor([[4200.0], [4800.0]], dtype=torch.float64)
+    std = model.standardize_context(labels)
+    extra = model.estimation_var(std)
+    assert extra.shape == (2, N_PIXELS) and bool((extra > 0).all())
+    torch.testing.assert_close(model.predictive_var(std), model.intrinsic_var(std) + extra)
+    larger = _fitted_with_variance(0, n=1600)  # four times the stars: ~a quarter the variance
+    shrink = larger.estimation_var(larger.standardize_context(labels)) / extra
+    assert 0.15 < float(shrink.median()) < 0.4, shrink
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    fresh = build_model("factor_analysis", N_PIXELS, 1, n_latent=N_LATENT).double()
+    fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    torch.testing.assert_close(fresh.estimation_var(std), extra)
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("coef_var")}
+    fresh.load_state_dict(old)  # a checkpoint from before the estimate: none, and no error
+    assert fresh.estimation_var(std) is None

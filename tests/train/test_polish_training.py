@@ -47,6 +47,14 @@ def test_polish_is_recorded_and_never_worsens_validation(tmp_path) -> None:
     with torch.no_grad():
         loss = evaluate(trained.model, data, val_blocks, config, torch.device("cpu"))
     assert loss == pytest.approx(meta["best_validation_nats_per_pixel"], rel=1e-5, abs=1e-6)
+    # then the coefficients' estimation variance, kept only if validation agrees
+    estimate = polish["coefficient_variance"]
+    carries = trained.model.estimation_var() is not None
+    assert carries == estimate["kept"]
+    if estimate["kept"]:
+        assert estimate["validation"] == pytest.approx(polish["validation_after"])
+    else:
+        assert estimate["validation"] >= polish["validation_after"]
 
 
 def test_polish_of_an_unsupported_model_is_refused_before_training(tmp_path) -> None:

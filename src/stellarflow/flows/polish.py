@@ -94,6 +94,7 @@ __all__ = [
     "PARTS",
     "PolishStep",
     "check_polishable",
+    "estimate_coefficient_variance",
     "polish_factor_analysis",
     "polish_in_passes",
     "polish_intrinsic_variance",
@@ -496,6 +497,50 @@ def polish_in_passes(
     return steps
 
 
+@torch.no_grad()
+def estimate_coefficient_variance(model: FactorAnalysisModel, one_pass: Chunks) -> None:
+    r"""Store the fitted mean's and loadings' estimation covariance in the model.
+
+    One pass of the mean-and-loading normal equations at the current parameters (an E-step,
+    no update); per pixel the inverse of :math:`\sum_n D_{np}^{-1} E[g_n g_n^T]`, the
+    information of the coefficients given the latent vectors (the complete-data
+    information: it ignores what the latent vectors' own uncertainty adds, so it is a lower
+    bound on the variance, close where the training stars' latents are well determined).
+    Its mean block and each latent's loading block go to ``mean_coef_var`` and
+    ``loading_coef_var`` (:meth:`FactorAnalysisModel.estimation_var`), which the model's
+    distribution adds to the intrinsic variance of every star it predicts. Pixels without
+    data get 0. Call it after the last ECM iteration: ECM steps make it stale.
+
+    Args:
+        model: a :class:`FactorAnalysisModel`. Its two buffers are replaced.
+        one_pass: the training chunks, as for :func:`polish_in_passes`.
+    """
+    model = check_polishable(model)
+    model.mean_coef_var = model.mean_coef_var.new_zeros(0)  # the E-step must not see it
+    model.loading_coef_var = model.loading_coef_var.new_zeros(0)
+    lhs = None
+    for flux, ivar, context, context_err in one_pass():
+        new = _normal_equations(_e_step(model, flux, ivar, context, context_err))[:1]
+        lhs = _accumulate(lhs, new)
+    if lhs is None:
+        return
+    info = lhs[0]
+    d = info.shape[-1]
+    diag = torch.diagonal(info, dim1=-2, dim2=-1)
+    ridge = 1e-10 * diag.mean(-1).clamp(min=1e-300)
+    chol, failed = torch.linalg.cholesky_ex(info + ridge[:, None, None] * torch.eye(d).to(info))
+    cov = torch.cholesky_inverse(chol)
+    usable = (failed == 0) & (diag[:, 0] > 0) & torch.isfinite(cov).flatten(1).all(-1)
+    cov = torch.where(usable[:, None, None], cov, torch.zeros_like(cov))
+    n_terms, k = model.mean.theta.shape[0], model.loading.shape[-1]
+    width = _loading_width(model)
+    blocks = cov[:, n_terms:, n_terms:].reshape(-1, k, width, k, width)
+    per_latent = torch.diagonal(blocks, dim1=1, dim2=3).permute(0, 3, 1, 2)  # (p, k, H, H)
+    dtype = model.loading.dtype
+    model.mean_coef_var = cov[:, :n_terms, :n_terms].to(dtype).contiguous()
+    model.loading_coef_var = per_latent.to(dtype).contiguous()
+
+
 def _in_memory(
     model: FactorAnalysisModel,
     flux: Tensor,
@@ -540,6 +585,7 @@ def polish_factor_analysis(
     max_step: float = 1.0,
     parts: Sequence[str] = PARTS,
     context_err: Tensor | None = None,
+    coefficient_variance: bool = False,
 ) -> list[PolishStep]:
     r"""ECM iterations on a factor-analysis model's mean, loadings and scatter, in place.
 
@@ -557,6 +603,9 @@ def polish_factor_analysis(
         context_err: `(n_stars, n_context)` one-sigma label errors, physical units, or
             None: marginalised exactly as in the model's likelihood (the latent vector is
             ``[z; e]``; module docstring). Needs ``mean_hidden = 0``.
+        coefficient_variance: afterwards, store the fitted coefficients' estimation
+            covariance (:func:`estimate_coefficient_variance`, one more pass) so that the
+            model's predictions for new stars include it.
 
     Returns:
         One :class:`PolishStep` per iteration.
@@ -565,7 +614,10 @@ def polish_factor_analysis(
         FlowInputError: unsupported model or part, or inputs of the wrong shape.
     """
     one_pass = _in_memory(model, flux, ivar, context, context_err, chunk_size)
-    return polish_in_passes(model, one_pass, n_iter=n_iter, max_step=max_step, parts=parts)
+    steps = polish_in_passes(model, one_pass, n_iter=n_iter, max_step=max_step, parts=parts)
+    if coefficient_variance:
+        estimate_coefficient_variance(model, one_pass)
+    return steps
 
 
 @torch.no_grad()

@@ -550,8 +550,12 @@ def _polish(
     so does reaching ``deadline`` (``time.monotonic()``, the run's time limit), after the
     iteration under way.
     """
-    from stellarflow.flows.polish import polish_in_passes
+    from stellarflow.flows.polish import estimate_coefficient_variance, polish_in_passes
 
+    if model.mean_coef_var.numel():  # a stale estimate (e.g. from --init-from): drop it
+        model.mean_coef_var = model.mean_coef_var.new_zeros(0)
+        model.loading_coef_var = model.loading_coef_var.new_zeros(0)
+        before = None
     if before is None:
         before = evaluate(model, source, val_blocks, config, device, dist)
         if dist.is_main:
@@ -597,7 +601,20 @@ def _polish(
             break
     if bar is not None:
         bar.close()
+    # the fitted coefficients' own uncertainty widens every prediction a little; kept only
+    # if held-out stars agree (it should: a plug-in model is over-confident out of sample)
+    estimate_coefficient_variance(model, one_pass)
+    with_estimate = evaluate(model, source, val_blocks, config, device, dist)
+    estimate_kept = with_estimate < best
+    if estimate_kept:
+        best = with_estimate
+        if dist.is_main:
+            save_torch(out / "model.pt", model.state_dict())
+        dist.barrier()
+    else:
+        model.load_state_dict(load_torch(out / "model.pt"))
     return {
+        "coefficient_variance": {"validation": with_estimate, "kept": estimate_kept},
         "iterations": config.polish_iterations,
         "iterations_kept": kept,
         "max_log_tau2_change": [step.max_log_tau2_change for step in steps],
@@ -606,7 +623,7 @@ def _polish(
         "validation": validation,
         "validation_before": before,
         "validation_after": best,
-        "kept": kept > 0,
+        "kept": kept > 0 or estimate_kept,
         "stopped_by_time_limit": time_limited,
     }
 
