@@ -499,25 +499,25 @@ def polish_in_passes(
 
 @torch.no_grad()
 def estimate_coefficient_variance(model: FactorAnalysisModel, one_pass: Chunks) -> None:
-    r"""Store the fitted mean's and loadings' estimation covariance in the model.
+    r"""Store the fitted mean coefficients' estimation covariance in the model.
 
     One pass of the mean-and-loading normal equations at the current parameters (an E-step,
     no update); per pixel the inverse of :math:`\sum_n D_{np}^{-1} E[g_n g_n^T]`, the
     information of the coefficients given the latent vectors (the complete-data
     information: it ignores what the latent vectors' own uncertainty adds, so it is a lower
     bound on the variance, close where the training stars' latents are well determined).
-    Its mean block and each latent's loading block go to ``mean_coef_var`` and
-    ``loading_coef_var`` (:meth:`FactorAnalysisModel.estimation_var`), which the model's
-    distribution adds to the intrinsic variance of every star it predicts. Pixels without
-    data get 0. Call it after the last ECM iteration: ECM steps make it stale.
+    The mean block of that inverse (the mean coefficients' covariance with the loadings
+    estimated jointly) goes to ``mean_coef_var``, and
+    :meth:`FactorAnalysisModel.estimation_var` adds it to the intrinsic variance of every
+    star the model predicts (it also says why the loadings' block is not used). Pixels
+    without data get 0. Call it after the last ECM iteration: ECM steps make it stale.
 
     Args:
-        model: a :class:`FactorAnalysisModel`. Its two buffers are replaced.
+        model: a :class:`FactorAnalysisModel`. Its buffer ``mean_coef_var`` is replaced.
         one_pass: the training chunks, as for :func:`polish_in_passes`.
     """
     model = check_polishable(model)
     model.mean_coef_var = model.mean_coef_var.new_zeros(0)  # the E-step must not see it
-    model.loading_coef_var = model.loading_coef_var.new_zeros(0)
     lhs = None
     for flux, ivar, context, context_err in one_pass():
         new = _normal_equations(_e_step(model, flux, ivar, context, context_err))[:1]
@@ -532,13 +532,8 @@ def estimate_coefficient_variance(model: FactorAnalysisModel, one_pass: Chunks) 
     cov = torch.cholesky_inverse(chol)
     usable = (failed == 0) & (diag[:, 0] > 0) & torch.isfinite(cov).flatten(1).all(-1)
     cov = torch.where(usable[:, None, None], cov, torch.zeros_like(cov))
-    n_terms, k = model.mean.theta.shape[0], model.loading.shape[-1]
-    width = _loading_width(model)
-    blocks = cov[:, n_terms:, n_terms:].reshape(-1, k, width, k, width)
-    per_latent = torch.diagonal(blocks, dim1=1, dim2=3).permute(0, 3, 1, 2)  # (p, k, H, H)
-    dtype = model.loading.dtype
-    model.mean_coef_var = cov[:, :n_terms, :n_terms].to(dtype).contiguous()
-    model.loading_coef_var = per_latent.to(dtype).contiguous()
+    n_terms = model.mean.theta.shape[0]
+    model.mean_coef_var = cov[:, :n_terms, :n_terms].to(model.loading.dtype).contiguous()
 
 
 def _in_memory(

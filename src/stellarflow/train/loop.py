@@ -554,7 +554,6 @@ def _polish(
 
     if model.mean_coef_var.numel():  # a stale estimate (e.g. from --init-from): drop it
         model.mean_coef_var = model.mean_coef_var.new_zeros(0)
-        model.loading_coef_var = model.loading_coef_var.new_zeros(0)
         before = None
     if before is None:
         before = evaluate(model, source, val_blocks, config, device, dist)
@@ -601,7 +600,7 @@ def _polish(
             break
     if bar is not None:
         bar.close()
-    # the fitted coefficients' own uncertainty widens every prediction a little; kept only
+    # the fitted mean's own uncertainty widens every prediction a little; kept only
     # if held-out stars agree (it should: a plug-in model is over-confident out of sample)
     estimate_coefficient_variance(model, one_pass)
     with_estimate = evaluate(model, source, val_blocks, config, device, dist)
