@@ -35,6 +35,7 @@ from stellarflow.flows.gaussian import CannonModel, FactorAnalysisModel
 from stellarflow.flows.latent import LatentFlowModel
 from stellarflow.flows.polish import (
     PolishStep,
+    estimate_coefficient_variance,
     polish_factor_analysis,
     polish_intrinsic_variance,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "SpectralCouplingFlow",
     "SpectralModel",
     "build_model",
+    "estimate_coefficient_variance",
     "polish_factor_analysis",
     "polish_intrinsic_variance",
 ]
