@@ -346,7 +346,8 @@ class LinearGaussianModel(SpectralModel):
         if self.mean_coef_var.numel() == 0:
             return None
         features = quadratic_features(labels, self.mean_coef_var)
-        return torch.einsum("...a,pab,...b->...p", features, self.mean_coef_var, features)
+        outer = (features[..., :, None] * features[..., None, :]).flatten(-2)  # a (x) a
+        return outer @ self.mean_coef_var.flatten(1).T  # one matrix product per block
 
     def predictive_var(self, labels: Tensor | None = None) -> Tensor:
         """:meth:`intrinsic_var` plus :meth:`estimation_var` (when estimated)."""
