@@ -252,6 +252,16 @@ def _normal_equations(post: _Posterior) -> tuple[Tensor, Tensor, Tensor]:
     return lhs, rhs, z_second
 
 
+def _ridged_cholesky(matrices: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pixel Cholesky factors of `(p, d, d)` systems with a 1e-10 relative ridge, and
+    which pixels have one: factorised, and with data (a positive first diagonal entry)."""
+    diag = torch.diagonal(matrices, dim1=-2, dim2=-1)
+    ridge = 1e-10 * diag.mean(-1).clamp(min=1e-300)
+    eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
+    chol, failed = torch.linalg.cholesky_ex(matrices + ridge[:, None, None] * eye)
+    return chol, (failed == 0) & (diag[:, 0] > 0)
+
+
 def _solve_mean_loading(
     model: FactorAnalysisModel, lhs: Tensor, rhs: Tensor, z_moment: Tensor
 ) -> float:
@@ -264,13 +274,10 @@ def _solve_mean_loading(
     """
     n_terms, k = model.mean.theta.shape[0], model.loading.shape[-1]
     old = _mean_loading_vector(model)
-    d = lhs.shape[-1]
-    diag = torch.diagonal(lhs, dim1=-2, dim2=-1)
-    ridge = 1e-10 * diag.mean(-1).clamp(min=1e-300)
-    chol, info = torch.linalg.cholesky_ex(lhs + ridge[:, None, None] * torch.eye(d).to(lhs))
+    chol, factorised = _ridged_cholesky(lhs)
     beta = torch.cholesky_solve(rhs[:, :, None], chol).squeeze(-1)
     # pixels without data (every star masked) or a singular system keep their values
-    solved = (info == 0) & (diag[:, 0] > 0) & torch.isfinite(beta).all(-1)
+    solved = factorised & torch.isfinite(beta).all(-1)
     beta = torch.where(solved[:, None], beta, old)
     blocks = beta[:, n_terms:].reshape(-1, k, _loading_width(model))
     factor, failed = torch.linalg.cholesky_ex(z_moment)
@@ -329,12 +336,9 @@ def _step_intrinsic_var(
     model: FactorAnalysisModel, grad: Tensor, info: Tensor, moment: Tensor, max_step: float
 ) -> float:
     """One capped Fisher-scoring step per pixel; the largest change of log tau^2 made."""
-    size = info.shape[-1]
-    scale = torch.diagonal(info, dim1=-2, dim2=-1).mean(-1).clamp(min=1e-300)
-    eye = torch.eye(size, dtype=info.dtype, device=info.device)
-    chol, failed = torch.linalg.cholesky_ex(info + 1e-10 * scale[:, None, None] * eye)
+    chol, factorised = _ridged_cholesky(info)
     delta = torch.cholesky_solve(grad[:, :, None], chol).squeeze(-1)
-    usable = (failed == 0) & (info[:, 0, 0] > 0) & torch.isfinite(delta).all(-1)
+    usable = factorised & torch.isfinite(delta).all(-1)
     delta = torch.where(usable[:, None], delta, torch.zeros_like(delta))
     rms = ((delta @ moment) * delta).sum(-1).clamp(min=0).sqrt()
     delta = delta * (max_step / rms.clamp(min=max_step))[:, None]
@@ -384,11 +388,10 @@ def _fit_log_scales(basis: Tensor, moments: Tensor, start: Tensor, n_newton: int
         rate = torch.ones(coef.shape[0], 1, dtype=coef.dtype, device=coef.device)
         for _ in range(30):  # back-tracking, per column
             trial = coef + rate * step
-            better = objective(trial) >= value
-            if bool(better.all()):
+            trial_value = objective(trial)
+            if bool((trial_value >= value).all()):
                 break
-            rate = torch.where(better[:, None], rate, 0.5 * rate)
-        trial_value = objective(trial)
+            rate = torch.where((trial_value >= value)[:, None], rate, 0.5 * rate)
         improved = trial_value >= value
         coef = torch.where(improved[:, None], trial, coef)
         gain = torch.where(improved, trial_value - value, torch.zeros_like(value))
@@ -524,13 +527,9 @@ def estimate_coefficient_variance(model: FactorAnalysisModel, one_pass: Chunks) 
         lhs = _accumulate(lhs, new)
     if lhs is None:
         return
-    info = lhs[0]
-    d = info.shape[-1]
-    diag = torch.diagonal(info, dim1=-2, dim2=-1)
-    ridge = 1e-10 * diag.mean(-1).clamp(min=1e-300)
-    chol, failed = torch.linalg.cholesky_ex(info + ridge[:, None, None] * torch.eye(d).to(info))
+    chol, factorised = _ridged_cholesky(lhs[0])
     cov = torch.cholesky_inverse(chol)
-    usable = (failed == 0) & (diag[:, 0] > 0) & torch.isfinite(cov).flatten(1).all(-1)
+    usable = factorised & torch.isfinite(cov).flatten(1).all(-1)
     cov = torch.where(usable[:, None, None], cov, torch.zeros_like(cov))
     n_terms = model.mean.theta.shape[0]
     model.mean_coef_var = cov[:, :n_terms, :n_terms].to(model.loading.dtype).contiguous()
