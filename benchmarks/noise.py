@@ -385,7 +385,8 @@ def _figures(out, train, near_low, samples, known, known_std, point) -> None:
     ax.set_ylim(1e-4, None)
     ax.set_xlabel("vacuum wavelength [Å]")
     ax.set_ylabel("intrinsic scatter at fixed labels")
-    ax.legend(fontsize=7, ncol=2)
+    # below the axes: model specs are long, and an inside legend squeezes the plot away
+    figure.legend(loc="outside lower center", fontsize=7, ncol=1)
     figure.savefig(out / "intrinsic_scatter.png", dpi=110)
     plt.close(figure)
 
