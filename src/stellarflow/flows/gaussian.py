@@ -310,10 +310,15 @@ class LinearGaussianModel(SpectralModel):
         self.register_buffer("mean_coef_var", torch.zeros(0))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        # checkpoints from before the coefficient variance (or without it) load unchanged
-        value = state_dict.setdefault(prefix + "mean_coef_var", torch.zeros(0))
-        self.mean_coef_var = self.mean_coef_var.new_zeros(value.shape)
+        # the estimate's shape comes from the checkpoint; checkpoints from before it (or
+        # without one) load unchanged and leave the model without an estimate
+        key = prefix + "mean_coef_var"
+        shape = state_dict[key].shape if key in state_dict else (0,)
+        self.mean_coef_var = self.mean_coef_var.new_zeros(shape)
         super()._load_from_state_dict(state_dict, prefix, *args)
+        missing_keys = args[2]  # (local_metadata, strict, missing_keys, ...)
+        if key in missing_keys:
+            missing_keys.remove(key)
 
     def estimation_var(self, labels: Tensor | None = None) -> Tensor | None:
         r"""The prediction's variance from the fitted mean's uncertainty, or None.
