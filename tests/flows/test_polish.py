@@ -395,6 +395,9 @@ def test_coefficient_variance_widens_predictions_and_survives_a_checkpoint(tmp_p
     larger = _fitted_with_variance(0, n=1600)  # four times the stars: ~a quarter the variance
     shrink = larger.estimation_var(larger.standardize_context(labels)) / extra
     assert 0.15 < float(shrink.median()) < 0.4, shrink
+    refit = _fitted_with_variance(0)
+    polish_factor_analysis(refit, *_survey(0), n_iter=1)  # a refit drops the stale estimate
+    assert refit.estimation_var() is None
     torch.save(model.state_dict(), tmp_path / "model.pt")
     fresh = build_model("factor_analysis", N_PIXELS, 1, n_latent=N_LATENT).double()
     fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))

@@ -309,16 +309,32 @@ class LinearGaussianModel(SpectralModel):
         # the fitted mean coefficients' own uncertainty (set by the ECM fit; empty = none)
         self.register_buffer("mean_coef_var", torch.zeros(0))
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         # the estimate's shape comes from the checkpoint; checkpoints from before it (or
         # without one) load unchanged and leave the model without an estimate
         key = prefix + "mean_coef_var"
         shape = state_dict[key].shape if key in state_dict else (0,)
         self.mean_coef_var = self.mean_coef_var.new_zeros(shape)
-        super()._load_from_state_dict(state_dict, prefix, *args)
-        missing_keys = args[2]  # (local_metadata, strict, missing_keys, ...)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if key in missing_keys:
             missing_keys.remove(key)
+
+    def drop_estimation_var(self) -> bool:
+        """Forget the stored estimate (a refit makes it stale); whether there was one."""
+        had = self.mean_coef_var.numel() > 0
+        self.mean_coef_var = self.mean_coef_var.new_zeros(0)
+        return had
 
     def estimation_var(self, labels: Tensor | None = None) -> Tensor | None:
         r"""The prediction's variance from the fitted mean's uncertainty, or None.

@@ -457,7 +457,9 @@ def polish_in_passes(
             n_terms + k)` numbers, for its exact Newton solve.
 
     Returns:
-        One :class:`PolishStep` per iteration.
+        One :class:`PolishStep` per iteration. With ``n_iter > 0`` the model's stored
+        coefficient variance (:func:`estimate_coefficient_variance`) is dropped: it
+        belonged to the previous fit.
 
     Raises:
         FlowInputError: unsupported model or part, ``n_iter < 0`` or ``max_step <= 0``.
@@ -467,6 +469,8 @@ def polish_in_passes(
     if n_iter < 0 or max_step <= 0:
         raise FlowInputError(f"need n_iter >= 0 and max_step > 0, got {n_iter}, {max_step}")
     steps = []
+    if n_iter:
+        model.drop_estimation_var()  # the refit makes it stale (and the E-step must not see it)
     for _ in range(n_iter):
         change = 0.0
         if "mean_loading" in parts:
@@ -520,7 +524,7 @@ def estimate_coefficient_variance(model: FactorAnalysisModel, one_pass: Chunks) 
         one_pass: the training chunks, as for :func:`polish_in_passes`.
     """
     model = check_polishable(model)
-    model.mean_coef_var = model.mean_coef_var.new_zeros(0)  # the E-step must not see it
+    model.drop_estimation_var()  # the E-step must not see it
     lhs = None
     for flux, ivar, context, context_err in one_pass():
         new = _normal_equations(_e_step(model, flux, ivar, context, context_err))[:1]

@@ -552,8 +552,7 @@ def _polish(
     """
     from stellarflow.flows.polish import estimate_coefficient_variance, polish_in_passes
 
-    if model.mean_coef_var.numel():  # a stale estimate (e.g. from --init-from): drop it
-        model.mean_coef_var = model.mean_coef_var.new_zeros(0)
+    if model.drop_estimation_var():  # a stale estimate (e.g. a resumed run): re-measure
         before = None
     if before is None:
         before = evaluate(model, source, val_blocks, config, device, dist)
