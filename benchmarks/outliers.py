@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _specs import option_pair, train_on_first
+from astropy.table import Table
 from scipy import stats
 
 from stellarflow.analysis.calibrate import calibrate_log_prob
@@ -53,10 +54,13 @@ from stellarflow.analysis.outliers import (
     explain_stars,
     find_outliers,
     recalibrate_by_neighbours,
+    recalibrate_by_reference,
 )
+from stellarflow.analysis.reference import fit_reference, load_reference, reference_scores
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
 from stellarflow.mock.outliers import dominant_elements
+from stellarflow.train.batches import split_blocks
 from stellarflow.train.checkpoint import load_model
 
 LABELS = ("TEFF", "LOGG", "FE_H")
@@ -264,8 +268,33 @@ def main(argv: list[str] | None = None) -> int:
         train_set = survey.read(0, args.n_train)
         test = survey.read(args.n_train, n_total)
     started = time.perf_counter()
-    table = find_outliers(trained, test, linelist=linelist, chunk_size=args.chunk_size)
+    table = find_outliers(
+        trained, test, linelist=linelist, chunk_size=args.chunk_size, recalibrate="none"
+    )
     timings["find_outliers"] = time.perf_counter() - started
+    reference = load_reference(model_dir)
+    if reference is None:  # a model trained before references: fit one on its validation split
+        started = time.perf_counter()
+        config = trained.config
+        _, val_blocks = split_blocks(
+            args.n_train, config.block_size, config.validation_fraction, config.seed
+        )
+        chunks = (train_set.read(int(a), int(b)) for a, b in val_blocks)
+        reference = fit_reference(
+            *reference_scores(trained.model, chunks, LABELS, seed=args.seed), LABELS
+        )
+        timings["reference (validation split)"] = time.perf_counter() - started
+    print(
+        f"reference: {reference.n_stars} held-out stars, degree {reference.degree}, upper-tail "
+        f"dof {reference.dof:.3g}; z' quantiles {reference.tail_check}"
+    )
+    by_reference = recalibrate_by_reference(table, reference)
+    started = time.perf_counter()
+    by_survey = find_outliers(  # the default ("auto": here the cross-fitted survey reference)
+        trained, test, linelist=linelist, chunk_size=args.chunk_size, seed=args.seed
+    )
+    timings["find_outliers (default)"] = time.perf_counter() - started
+    print(f"default recalibration: {by_survey.meta['recalibration']}")
 
     ids = np.asarray(test.star_id)
     kind = np.asarray(truth_table["outlier_kind"]).astype(str)
@@ -284,11 +313,28 @@ def main(argv: list[str] | None = None) -> int:
     rows_recal = np.array([by_id_recal[s] for s in ids])
     ours_recal = np.where(flag == "", -np.asarray(recal["log_p_combined"])[rows_recal], -np.inf)
     omnibus_recal = np.where(flag == "", -np.asarray(recal["log_p_tail"])[rows_recal], -np.inf)
+
+    def survey_order(recalibrated: Table) -> np.ndarray:
+        by_id = {s: i for i, s in enumerate(recalibrated["star_id"])}
+        return np.array([by_id[s] for s in ids])
+
+    def column(recalibrated: Table, rows: np.ndarray, name: str) -> np.ndarray:
+        return np.where(flag == "", -np.asarray(recalibrated[name])[rows], -np.inf)
+
+    rows_ref, rows_survey = survey_order(by_reference), survey_order(by_survey)
+    ours_ref = column(by_reference, rows_ref, "log_p_combined")
+    ours_survey = column(by_survey, rows_survey, "log_p_combined")
     name = f"stellarflow ({args.model_kind})"
     scores = {
-        f"{name}, combined (default rank)": ours,
+        f"{name}, combined + survey reference (default)": ours_survey,
+        f"{name}, combined + validation reference": ours_ref,
+        f"{name}, combined, model calibration": ours,
         f"{name}, combined + neighbour recal.": ours_recal,
-        f"{name}, whole spectrum (p_tail)": omnibus,
+        f"{name}, whole spectrum + survey reference": column(by_survey, rows_survey, "log_p_tail"),
+        f"{name}, whole spectrum + validation reference": column(
+            by_reference, rows_ref, "log_p_tail"
+        ),
+        f"{name}, whole spectrum (p_tail), model calibration": omnibus,
         f"{name}, whole spectrum + neighbour recal.": omnibus_recal,
         f"{name}, strongest element (p_element)": element,
     }
@@ -333,17 +379,24 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cells) + " |")
 
     available = set(table.meta["elements"])
-    for title, score in (("model calibration", ours), ("neighbour recal.", ours_recal)):
+    rankings = {"survey reference": ours_survey, "validation reference": ours_ref,
+                "model calibration": ours, "neighbour recal.": ours_recal}  # fmt: skip
+    for title, score in rankings.items():
         chosen = top_k(np.where(usable, score, -np.inf), k) & injected
         print(f"caught outliers ({title}): {int(chosen.sum())} of {k}")
-    chosen = top_k(np.where(usable, ours, -np.inf), k) & injected
+    chosen = top_k(np.where(usable, ours_survey, -np.inf), k) & injected
     for title, stars in (
-        ("caught (model calibration)", ids[chosen]),
+        ("caught (survey reference, the default)", ids[chosen]),
         ("all injected", ids[injected]),
     ):
         print(f"\nattribution over {title}, n = {stars.size}: top element injected (strict | "
               "lenient), and with the right direction (strict)")  # fmt: skip
         variants = explanation_variants(trained, test, stars, linelist)
+        own = dict(zip(by_survey["star_id"],
+                       zip(by_survey["top_element"], by_survey["top_element_direction"],
+                           strict=True), strict=True))  # fmt: skip
+        variants = {"the table's top_element (default output)":
+                    [(s, *own[s]) for s in stars], **variants}  # fmt: skip
         for name, picked in variants.items():
             strict, right_way, _ = attribution(picked, truth, available)
             lenient = attribution(picked, truth, available, lenient=True)[0]
@@ -355,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {strict:.3f} | {lenient:.3f}, direction {right_way:.3f}; "
                   f"per kind (strict): {', '.join(per_kind)}")  # fmt: skip
     inliers = (kind == "") & (flag == "")
-    for title, t, r in (("model", table, rows), ("neighbour recal.", recal, rows_recal)):
+    for title, t, r in (("model", table, rows), ("survey reference", by_survey, rows_survey),
+                        ("validation reference", by_reference, rows_ref),
+                        ("neighbour recal.", recal, rows_recal)):  # fmt: skip
         ks = stats.kstest(np.asarray(t["p_tail"])[r][inliers], "uniform")
         z = np.asarray(t["z"])[r][inliers]
         print(

@@ -51,10 +51,13 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--recalibrate",
-        choices=("none", "neighbours"),
-        default="none",
-        help="p_tail under the model (default) or recalibrated among survey stars with "
-        "similar labels and S/N",
+        choices=("auto", "none", "survey", "reference", "neighbours"),
+        default="auto",
+        help="p_tail against a reference cross-fitted on the survey's own stars (survey), "
+        "the model directory's reference from its validation stars (reference), the "
+        "survey stars of similar labels and S/N (neighbours), or under the model (none); "
+        "auto (default): survey from 2,000 ranked stars, else reference if the model has "
+        "one, else none",
     )
     parser.add_argument(
         "--rank-by",

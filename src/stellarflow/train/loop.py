@@ -38,7 +38,7 @@ import torch
 from stellarflow.data.dataset import SpectralDataset, label_array
 from stellarflow.data.grid import grid_hash
 from stellarflow.data.summary import SpectraSource
-from stellarflow.errors import LabelError, OutputExistsError, StellarflowError
+from stellarflow.errors import DataValidationError, LabelError, OutputExistsError, StellarflowError
 from stellarflow.io.atomic import atomic_path
 from stellarflow.train.batches import Batch, check_label_errors, iter_batches, split_blocks
 from stellarflow.train.checkpoint import (
@@ -501,11 +501,13 @@ def train_model(
         )
         best = polish["validation_after"]
     if dist.is_main:
+        reference = _reference(model, out, source, val_blocks, config)
         write_json(
             out / "metadata.json",
             {
                 **metadata_base,
                 **({"polish": polish} if polish is not None else {}),
+                **({"reference_calibration": reference} if reference is not None else {}),
                 "history": history,
                 "best_epoch": best_epoch,
                 "best_validation_nats_per_pixel": best,
@@ -525,6 +527,53 @@ def train_model(
         seconds=time.monotonic() - start_time,
         polished=bool(polish and polish["kept"]),
     )
+
+
+def _reference(
+    model: torch.nn.Module,
+    out: Path,
+    source: SpectraSource | SpectralDataset,
+    val_blocks: np.ndarray,
+    config: TrainConfig,
+) -> dict[str, Any] | None:
+    """Fit the outlier score's held-out reference on the validation split and write it.
+
+    (:mod:`stellarflow.analysis.reference`; :func:`~stellarflow.analysis.outliers.
+    find_outliers` uses it for small surveys.) ``model`` is loaded with the saved best
+    state first. Returns what the metadata records, None for a model without a noise
+    model (it has no calibrated score).
+    """
+    from stellarflow.analysis.reference import (
+        REFERENCE_FILE,
+        fit_reference,
+        reference_scores,
+        save_reference,
+    )
+
+    (out / REFERENCE_FILE).unlink(missing_ok=True)  # a previous run's belongs to its model
+    if not getattr(model, "noise_aware", False):
+        return None
+    model.load_state_dict(load_torch(out / "model.pt"))
+    model.eval()
+    started = time.monotonic()
+    chunks = (source.read(int(start), int(stop)) for start, stop in val_blocks)
+    errors = config.error_names if config.label_errors else ()
+    try:
+        z, labels, snr = reference_scores(
+            model, chunks, config.label_names, errors, seed=config.seed
+        )
+        reference = fit_reference(z, labels, snr, config.label_names)
+    except (DataValidationError, ValueError) as err:
+        logger.warning("no held-out reference for the outlier score: %s", err)
+        return {"fitted": False, "reason": str(err)}
+    save_reference(out, reference)
+    return {
+        "fitted": True,
+        "n_stars": reference.n_stars,
+        "degree": reference.degree,
+        "tail_dof": None if not np.isfinite(reference.dof) else reference.dof,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def _polish(
