@@ -58,6 +58,8 @@ def test_outliers_writes_table_figures_and_gallery(inputs, tmp_path, capsys) -> 
     assert links == {"score_distribution.png", *(f"gallery/{name}" for name in gallery)}
     assert all((out / link).is_file() for link in links)
     assert "<script" not in page and "http" not in page
+    # 240 stars and ~24 validation stars: neither reference exists, "1 in N" is the model's
+    assert table.meta["recalibration"] == "none" and "recalibrated: none" in page
     assert _leftovers(tmp_path, "found") == []
 
     # an existing folder is kept unless --overwrite
@@ -78,6 +80,7 @@ def test_outliers_writes_table_figures_and_gallery(inputs, tmp_path, capsys) -> 
         ("other_grid", "pixels"),
         ("labels_missing", "FE_H"),
         ("bad_top", "--top"),
+        ("no_reference", "has no reference.json"),
     ],
 )
 def test_bad_inputs_fail_cleanly(inputs, tmp_path, capsys, case, message) -> None:
@@ -95,6 +98,8 @@ def test_bad_inputs_fail_cleanly(inputs, tmp_path, capsys, case, message) -> Non
         argv += ["--labels", str(tmp_path / "labels.ecsv")]
     elif case == "bad_top":
         argv += ["--top", "-1"]
+    elif case == "no_reference":
+        argv += ["--recalibrate", "reference"]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("stellarflow outliers: error:") and message in err

@@ -265,6 +265,7 @@ def gallery_html(
     meta = table.meta
     note = (
         f"{len(table)} stars; calibration {esc(str(meta.get('calibration', '')))}; "
+        f"'1 in N' recalibrated: {esc(str(meta.get('recalibration', 'none')))}; "
         f"expectation {esc(str(meta.get('expectation', '')))}; model "
         f"{esc(str(meta.get('model', '')))}"
     )

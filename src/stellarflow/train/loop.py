@@ -564,7 +564,7 @@ def _reference(
         )
         reference = fit_reference(z, labels, snr, config.label_names)
     except (DataValidationError, ValueError) as err:
-        logger.warning("no held-out reference for the outlier score: %s", err)
+        logger.info("no held-out reference for the outlier score: %s", err)
         return {"fitted": False, "reason": str(err)}
     save_reference(out, reference)
     return {
