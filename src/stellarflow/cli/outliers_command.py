@@ -177,6 +177,7 @@ def run_outliers(args: argparse.Namespace) -> int:
     counts = table.meta["flag_counts"]
     print(
         f"ranked {counts['ranked']} of {len(table)} stars ({len(table) - counts['ranked']} "
-        f"flagged); top {len(top)} in {args.out / 'index.html'}"
+        f"flagged); top {len(top)} in {args.out / 'index.html'}; '1 in N' recalibrated: "
+        f"{table.meta['recalibration']}"
     )
     return 0
