@@ -142,9 +142,10 @@ EXPECTATIONS = ("latent_fit", "labels")
 """What the residuals are taken against (module docstring)."""
 
 RECALIBRATIONS = ("auto", "none", "survey", "reference", "neighbours")
+"""How ``p_tail`` is calibrated: under the model, or among normal stars like each one."""
+
 SURVEY_REFERENCE_MIN = 2000
 """Ranked stars from which ``recalibrate="auto"`` cross-fits the reference on the survey."""
-"""How ``p_tail`` is calibrated: under the model, or among similar survey stars."""
 
 RANKINGS = ("combined", "omnibus")
 """What ``rank`` orders by: ``p_combined`` (default) or ``p_tail`` alone."""

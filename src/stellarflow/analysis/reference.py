@@ -17,12 +17,12 @@ was not fitted to, as a smooth function of where the star is (its labels and its
    fitted by Huber-weighted least squares (:math:`\log\sigma` on :math:`\log|z - \mu|`, then
    rescaled so that :math:`z'` has unit robust spread, 1.4826 MAD), so that a few real
    outliers among the reference stars do not move them.
-3. **Shape**: below its median :math:`z'` is taken as N(0, 1); above, as a Student-t
+3. **Shape**: below its centre (0) :math:`z'` is taken as N(0, 1); above, as a Student-t
    scaled to the same robust spread, with its degrees of freedom :math:`\nu` chosen so that
    its 90, 95, 97.5 and 99% points match the reference stars' (least squares over a grid
    from 1.5 to 1000, and the Gaussian). True outliers among the reference stars, a
    fraction :math:`\epsilon`, move the q-quantile to the normal stars' :math:`q / (1 -
-   \epsilon)` one: little at the 1e-3 of the mock, but at 1% they make the 99% point the
+   \epsilon)` one: little at the benchmark mock's 0.5%, but at 1% they make the 99% point the
    normal stars' maximum and the fitted tail heavier (more conservative ``p_tail``).
    The upper tail is what ranks outliers;
    a chi-square-like score is skewed, so the lower half keeps the Gaussian shape.

@@ -551,7 +551,7 @@ def _reference(
     )
 
     (out / REFERENCE_FILE).unlink(missing_ok=True)  # a previous run's belongs to its model
-    if not getattr(model, "noise_aware", False):
+    if not getattr(model, "noise_aware", False) or not (out / "model.pt").is_file():
         return None
     model.load_state_dict(load_torch(out / "model.pt"))
     model.eval()
