@@ -35,16 +35,16 @@ training set) it is an **extrapolation** of the fitted Student-t tail, not a cou
 ``p_tail`` now means "at least this unusual among normal stars like this one, as the model
 scores them"; the model's own z stays in ``z_model``.
 
-Measured (BENCHMARKS.md, "Outliers at 7,514 pixels", session 9; 10,000 mock test stars,
-factor analysis k = 16 by ECM): a reference fitted on the training run's own validation
-split (2,048 stars) lifts precision at k from 0.77 to 0.88 but leaves the inliers' KS at
-D = 0.027 (p ~ 1e-6, from 2e-10): 2,000 reference stars fix the score to about 2-3% in
-its distribution, which 10,000 test stars resolve. The same fit cross-fitted on the
-scored survey itself (:func:`~stellarflow.analysis.outliers.recalibrate_by_survey`, each
-fold against the other four, ~8,000 stars each) gives D = 0.010, **p = 0.27**, with the
-same precision; so :func:`~stellarflow.analysis.outliers.find_outliers` uses the survey
-reference for surveys of 2,000 ranked stars or more and this one below that (a single
-star, a small field).
+Measured (BENCHMARKS.md, "Outliers at 7,514 pixels", session 9; two mocks of 10,000 test
+stars with 0.5% and 1% injected outliers, factor analysis k = 16 by ECM): cross-fitted on
+the scored survey itself (:func:`~stellarflow.analysis.outliers.recalibrate_by_survey`,
+each fold against the other four, ~8,000 stars each) the reference takes the inliers' KS
+p from 2e-10 / 6e-5 to 0.51 / 0.06 and precision at k from 0.77 / 0.82 to 0.91 / 0.92.
+Fitted on the training run's own validation split (~2,000 stars) it ranks as well but
+leaves KS at p 7e-7 on the first mock: 2,000 reference stars fix the score to about 2-3%
+in its distribution, which 10,000 test stars resolve. So
+:func:`~stellarflow.analysis.outliers.find_outliers` uses the survey reference for surveys
+of 2,000 ranked stars or more and this one below that (a single star, a small field).
 
 :func:`fit_reference` fits it from arrays; :func:`reference_scores` scores held-out stars
 with a model; ``stellarflow train`` fits one on its validation split and writes it to the
