@@ -23,7 +23,11 @@ the same run, for our ranking and the baselines:
   lines on the grid; N_rich_C_poor -> N, plus C at low or Al at high amplitude; alpha_poor
   -> any of O, Mg, Si, S, Ca, Ti). Also whether the direction (enhanced/depleted) matches the
   sign of that element's shift, and the same numbers for the other expectation.
-* Calibration: Kolmogorov-Smirnov test of ``p_tail`` of the normal stars against U(0, 1).
+* Calibration: Kolmogorov-Smirnov test of ``p_tail`` of the normal stars against U(0, 1),
+  under the model, against the survey reference (``find_outliers``' default for 2,000 or
+  more stars), against the model directory's validation-split reference (fitted here on
+  the recomputed split for models trained before references existed) and among neighbours.
+  The rankings use each of these too; the default's is printed first.
 * Baselines: (a) Isolation Forest on PCA coefficients (only if scikit-learn is installed;
   it is not a dependency), (b) PCA reconstruction error (mean squared residual per usable
   pixel, and the noise-weighted chi-square per pixel), (c) Cannon-style chi-square given the
