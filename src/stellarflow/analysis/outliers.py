@@ -108,6 +108,7 @@ from stellarflow.analysis.reference import (
     MIN_REFERENCE_STARS,
     REFERENCE_FILE,
     ReferenceCalibration,
+    coordinates,
     fit_reference,
     load_reference,
 )
@@ -580,19 +581,8 @@ def find_outliers(
         )
     if rank_by not in RANKINGS:
         raise DataValidationError(f"rank_by must be one of {RANKINGS}, got {rank_by!r}")
-    reference = None
-    if recalibrate in ("auto", "reference"):
-        reference = load_reference(trained.path)
-        if reference is None and recalibrate == "reference":
-            raise DataValidationError(
-                f"{trained.path} has no {REFERENCE_FILE}; retrain it with this version of "
-                "stellarflow or use recalibrate='none' or 'neighbours'"
-            )
-        if reference is not None and reference.label_names != tuple(trained.label_names):
-            raise DataValidationError(
-                f"the reference in {trained.path} is for labels {list(reference.label_names)}"
-                f", the model for {list(trained.label_names)}: refit it"
-            )
+    if recalibrate == "reference":  # fail before scoring
+        _model_reference(trained, required=True)
     reader, profiles, origin = _prepare(trained, source, linelist, labels, expectation, resolution)
     settings = _Settings(n_reference, min_good_fraction, expectation, resolution, seed)
     manifest = {
@@ -625,8 +615,10 @@ def find_outliers(
         table = recalibrate_by_neighbours(table, trained.label_names)
     elif survey:
         table = recalibrate_by_survey(table, trained.label_names, seed=seed)
-    elif reference is not None:
-        table = recalibrate_by_reference(table, reference)
+    elif recalibrate in ("auto", "reference"):
+        reference = _model_reference(trained, required=recalibrate == "reference")
+        if reference is not None:
+            table = recalibrate_by_reference(table, reference)
     methods = sorted({m for m in columns["_method"] if m})
     table.meta.update(
         calibration=methods[0] if len(methods) == 1 else ",".join(methods),
@@ -719,30 +711,25 @@ def recalibrate_by_neighbours(
     from scipy import stats
     from scipy.spatial import cKDTree
 
-    out = table.copy()
-    ranked = np.flatnonzero(np.asarray(out["flag"]) == "")
+    ranked = np.flatnonzero(np.asarray(table["flag"]) == "")
     if ranked.size <= n_neighbours:
         raise DataValidationError(
             f"recalibration needs more than {n_neighbours} ranked stars, got {ranked.size}"
         )
-    values = [np.asarray(out[name], dtype=np.float64)[ranked] for name in label_names]
-    values.append(np.log10(np.maximum(np.asarray(out["snr"], dtype=np.float64)[ranked], 1e-3)))
-    x = np.column_stack(values)
+    x = coordinates(
+        _label_rows(table, label_names, ranked), np.asarray(table["snr"], dtype=np.float64)[ranked]
+    )
     spread = stats.median_abs_deviation(x, axis=0, scale="normal")
     x = (x - np.median(x, axis=0)) / np.where(spread > 0, spread, 1.0)
-    z = np.asarray(out["z_model"], dtype=np.float64)[ranked]
+    z = np.asarray(table["z_model"], dtype=np.float64)[ranked]
     _, index = cKDTree(x).query(x, k=n_neighbours + 1)
     local = z[index[:, 1:]]
     centre = np.median(local, axis=1)
     scale = stats.median_abs_deviation(local, axis=1, scale="normal")
-    z_new = (z - centre) / np.maximum(scale, 1e-6)
-    z_all = np.asarray(out["z"], dtype=np.float64).copy()
-    log_p = np.asarray(out["log_p_tail"], dtype=np.float64).copy()
-    z_all[ranked] = z_new
-    log_p[ranked] = special.log_ndtr(-z_new)
-    out["z"], out["log_p_tail"] = z_all, log_p
-    out.meta["recalibration"] = f"neighbours(k={n_neighbours}; labels + log10 S/N)"
-    return _rank(out, out.meta.get("rank_by", RANKINGS[0]))
+    log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
+    log_p[ranked] = special.log_ndtr(-(z - centre) / np.maximum(scale, 1e-6))
+    meta = f"neighbours(k={n_neighbours}; labels + log10 S/N)"
+    return _with_log_p_tail(table, ranked, log_p, meta)
 
 
 def recalibrate_by_survey(
@@ -768,23 +755,6 @@ def recalibrate_by_survey(
     Raises:
         DataValidationError: fewer than ``n_folds`` x 200 ranked stars, or ``n_folds`` < 2.
     """
-    ranked, fold = _survey_folds(table, n_folds, seed)
-    labels = _label_rows(table, label_names, ranked)
-    snr = np.asarray(table["snr"], dtype=np.float64)[ranked]
-    z_model = np.asarray(table["z_model"], dtype=np.float64)[ranked]
-    log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
-    log_p[ranked], dofs = _cross_fitted_log_p(z_model, labels, snr, fold, label_names)
-    dof = float(np.median(dofs))
-    shape = "gaussian" if not np.isfinite(dof) else f"t dof {dof:.3g}"
-    meta = (
-        f"survey({n_folds}-fold cross-fitted reference over {ranked.size} ranked stars; "
-        f"labels + log10 S/N; upper tail {shape})"
-    )
-    return _with_log_p_tail(table, ranked, log_p, meta)
-
-
-def _survey_folds(table: Table, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ranked rows (in ``star_id`` order) and their cross-fit fold."""
     if n_folds < 2:
         raise DataValidationError(f"n_folds must be >= 2, got {n_folds}")
     ranked = np.flatnonzero(np.asarray(table["flag"]) == "")
@@ -794,25 +764,40 @@ def _survey_folds(table: Table, n_folds: int, seed: int) -> tuple[np.ndarray, np
             f"a survey reference needs at least {n_folds * MIN_REFERENCE_STARS} ranked stars "
             f"({n_folds} folds), got {ranked.size}; use recalibrate='reference' or 'none'"
         )
-    return ranked, np.random.default_rng([seed, 11]).permutation(ranked.size) % n_folds
-
-
-def _cross_fitted_log_p(
-    values: np.ndarray,
-    labels: np.ndarray,
-    snr: np.ndarray,
-    fold: np.ndarray,
-    label_names: Sequence[str],
-) -> tuple[np.ndarray, list[float]]:
-    """log p of each value against a reference fitted on the other folds; the fits' dof."""
-    log_p = np.zeros(values.size)
+    fold = np.random.default_rng([seed, 11]).permutation(ranked.size) % n_folds
+    labels = _label_rows(table, label_names, ranked)
+    snr = np.asarray(table["snr"], dtype=np.float64)[ranked]
+    z_model = np.asarray(table["z_model"], dtype=np.float64)[ranked]
+    log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
     dofs = []
-    for f in range(int(fold.max()) + 1):
+    for f in range(n_folds):
         rest, this = fold != f, fold == f
-        reference = fit_reference(values[rest], labels[rest], snr[rest], label_names)
-        log_p[this] = reference.log_p_tail(values[this], labels[this], snr[this])
+        reference = fit_reference(z_model[rest], labels[rest], snr[rest], label_names)
+        log_p[ranked[this]] = reference.log_p_tail(z_model[this], labels[this], snr[this])
         dofs.append(reference.dof)
-    return log_p, dofs
+    dof = float(np.median(dofs))
+    shape = "gaussian" if not np.isfinite(dof) else f"t dof {dof:.3g}"
+    meta = (
+        f"survey({n_folds}-fold cross-fitted reference over {ranked.size} ranked stars; "
+        f"labels + log10 S/N; upper tail {shape})"
+    )
+    return _with_log_p_tail(table, ranked, log_p, meta)
+
+
+def _model_reference(trained: TrainedModel, required: bool) -> ReferenceCalibration | None:
+    """The model directory's reference (None if it has none and it is not ``required``)."""
+    reference = load_reference(trained.path)
+    if reference is None and required:
+        raise DataValidationError(
+            f"{trained.path} has no {REFERENCE_FILE}; retrain it with this version of "
+            "stellarflow or use recalibrate='none' or 'neighbours'"
+        )
+    if reference is not None and reference.label_names != tuple(trained.label_names):
+        raise DataValidationError(
+            f"the reference in {trained.path} is for labels {list(reference.label_names)}, "
+            f"the model for {list(trained.label_names)}: refit it"
+        )
+    return reference
 
 
 def _label_rows(table: Table, names: Sequence[str], rows: np.ndarray) -> np.ndarray:

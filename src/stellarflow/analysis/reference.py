@@ -65,10 +65,12 @@ from scipy import special, stats
 from stellarflow.analysis.calibrate import calibrate_log_prob
 from stellarflow.data.dataset import SpectralDataset
 from stellarflow.errors import DataValidationError, FileFormatError
+from stellarflow.train.batches import usable_rows
 
 __all__ = [
     "REFERENCE_FILE",
     "ReferenceCalibration",
+    "coordinates",
     "fit_reference",
     "load_reference",
     "reference_scores",
@@ -123,7 +125,13 @@ class ReferenceCalibration:
             labels: `(n, len(label_names))` physical units.
             snr: `(n,)` median S/N per usable pixel.
         """
-        features = _features(self._coordinates(labels, snr), self.centre, self.spread, self.degree)
+        labels = np.asarray(labels, dtype=np.float64).reshape(len(snr), -1)
+        if labels.shape[1] != len(self.label_names):
+            raise DataValidationError(
+                f"the reference needs {len(self.label_names)} labels "
+                f"{list(self.label_names)}, got {labels.shape[1]} columns"
+            )
+        features = _features(coordinates(labels, snr), self.centre, self.spread, self.degree)
         location = features @ np.asarray(self.location)
         scale = np.exp(features @ np.asarray(self.log_scale))
         return (np.asarray(z, dtype=np.float64) - location) / scale
@@ -131,15 +139,6 @@ class ReferenceCalibration:
     def log_p_tail(self, z: np.ndarray, labels: np.ndarray, snr: np.ndarray) -> np.ndarray:
         """Natural log of the recalibrated tail probability of each star (module docstring)."""
         return _log_sf(self.standardized(z, labels, snr), self.dof)
-
-    def _coordinates(self, labels: np.ndarray, snr: np.ndarray) -> np.ndarray:
-        labels = np.asarray(labels, dtype=np.float64).reshape(len(snr), -1)
-        if labels.shape[1] != len(self.label_names):
-            raise DataValidationError(
-                f"the reference needs {len(self.label_names)} labels "
-                f"{list(self.label_names)}, got {labels.shape[1]} columns"
-            )
-        return np.column_stack([labels, _log_snr(snr)])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``dof`` inf is written as None)."""
@@ -166,8 +165,12 @@ class ReferenceCalibration:
             raise FileFormatError(f"not a reference calibration ({err!r})") from None
 
 
-def _log_snr(snr: np.ndarray) -> np.ndarray:
-    return np.log10(np.maximum(np.asarray(snr, dtype=np.float64), 1e-3))
+def coordinates(labels: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    """`(n, n_labels + 1)`: the labels and log10 S/N (S/N floored at 1e-3), where a star is."""
+    log_snr = np.log10(np.maximum(np.asarray(snr, dtype=np.float64), 1e-3))
+    return np.column_stack(
+        [np.asarray(labels, dtype=np.float64).reshape(log_snr.size, -1), log_snr]
+    )
 
 
 def _features(x: np.ndarray, centre: Sequence[float], spread: Sequence[float], degree: int):
@@ -248,7 +251,7 @@ def fit_reference(
             f"need z and snr of one length and labels (n, {len(label_names)}); got "
             f"{z.shape}, {snr.shape}, {labels.shape}"
         )
-    x = np.column_stack([labels, _log_snr(snr)])
+    x = coordinates(labels, snr)
     ok = np.isfinite(z) & np.all(np.isfinite(x), axis=1)
     if ok.sum() < MIN_REFERENCE_STARS:
         raise DataValidationError(
@@ -314,7 +317,7 @@ def reference_scores(
     zs, labels_out, snrs = [], [], []
     for number, chunk in enumerate(chunks):
         labels = chunk.label_array(list(label_names))
-        keep = (chunk.good_fraction >= min_good_fraction) & np.all(np.isfinite(labels), axis=1)
+        keep = usable_rows(chunk, label_names, min_good_fraction)
         if not keep.any():
             continue
         err = chunk.label_array(list(error_names))[keep] if error_names else None
