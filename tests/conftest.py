@@ -36,3 +36,26 @@ def make_dataset(
 @pytest.fixture
 def dataset() -> SpectralDataset:
     return make_dataset()
+
+
+def train_on_mock(folder, mock, *, n_latent: int, epochs: int, batch_size: int):
+    """Write ``mock`` (a MockConfig) to ``folder/mock.h5`` and train a factor-analysis model
+    on all of its stars (TEFF, LOGG, FE_H; CPU) into ``folder/model``; both paths."""
+    from stellarflow.io.hdf5 import open_survey
+    from stellarflow.mock import write_mock_survey
+    from stellarflow.train.config import TrainConfig
+    from stellarflow.train.loop import train_model
+
+    survey = folder / "mock.h5"
+    write_mock_survey(survey, mock)
+    config = TrainConfig(
+        label_names=("TEFF", "LOGG", "FE_H"),
+        model="factor_analysis",
+        model_options={"n_latent": n_latent},
+        epochs=epochs,
+        batch_size=batch_size,
+        device="cpu",
+    )
+    with open_survey(survey) as data:
+        train_model(data.load(), config, folder / "model")
+    return survey, folder / "model"

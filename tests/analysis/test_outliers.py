@@ -16,10 +16,9 @@ from stellarflow.analysis.outliers import (
 from stellarflow.data.dataset import SpectralDataset
 from stellarflow.errors import DataValidationError, LabelError
 from stellarflow.io.hdf5 import open_survey
-from stellarflow.mock import MockConfig, write_mock_survey
+from stellarflow.mock import MockConfig
 from stellarflow.train.checkpoint import load_model
-from stellarflow.train.config import TrainConfig
-from stellarflow.train.loop import train_model
+from tests.conftest import train_on_mock
 
 LABELS = ("TEFF", "LOGG", "FE_H")
 # 256 pixels around 16,380 Å: Mg 16,369, Na 16,378/16,393 and Ce II 16,381/16,392 lines
@@ -29,20 +28,10 @@ CONFIG = MockConfig(n_stars=300, n_pixels=256, pixel_offset=5200, seed=5, outlie
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("outliers")
-    write_mock_survey(folder / "mock.h5", CONFIG)
-    with open_survey(folder / "mock.h5") as survey:
-        data = survey.load()
-        linelist = survey.read_table("linelist")
-    config = TrainConfig(
-        label_names=LABELS,
-        model="factor_analysis",
-        model_options={"n_latent": 4},
-        epochs=3,
-        batch_size=64,
-        device="cpu",
-    )
-    train_model(data, config, folder / "model")
-    trained = load_model(folder / "model")
+    survey, model = train_on_mock(folder, CONFIG, n_latent=4, epochs=3, batch_size=64)
+    with open_survey(survey) as data:
+        data, linelist = data.load(), data.read_table("linelist")
+    trained = load_model(model)
     return trained, data, linelist, find_outliers(trained, data, linelist=linelist)
 
 

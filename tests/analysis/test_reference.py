@@ -25,10 +25,9 @@ from stellarflow.analysis.reference import (
 )
 from stellarflow.errors import DataValidationError, FileFormatError
 from stellarflow.io.hdf5 import open_survey
-from stellarflow.mock import MockConfig, write_mock_survey
+from stellarflow.mock import MockConfig
 from stellarflow.train.checkpoint import load_model
-from stellarflow.train.config import TrainConfig
-from stellarflow.train.loop import train_model
+from tests.conftest import train_on_mock
 
 NAMES = ("TEFF", "LOGG")
 
@@ -135,21 +134,12 @@ def test_file_round_trip(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reference")
-    config = MockConfig(n_stars=2400, n_pixels=128, pixel_offset=5200, seed=9)
-    write_mock_survey(folder / "mock.h5", config)
-    with open_survey(folder / "mock.h5") as survey:
-        data = survey.load()
-    train_config = TrainConfig(
-        label_names=("TEFF", "LOGG", "FE_H"),
-        model="factor_analysis",
-        model_options={"n_latent": 4},
-        epochs=2,
-        batch_size=128,
-        device="cpu",
+    mock = MockConfig(n_stars=2400, n_pixels=128, pixel_offset=5200, seed=9)
+    survey, model = train_on_mock(
+        tmp_path_factory.mktemp("reference"), mock, n_latent=4, epochs=2, batch_size=128
     )
-    train_model(data, train_config, folder / "model")
-    return load_model(folder / "model"), data
+    with open_survey(survey) as data:
+        return load_model(model), data.load()
 
 
 def test_training_writes_a_reference_that_outliers_use_by_default(trained) -> None:

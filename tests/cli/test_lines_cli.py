@@ -12,10 +12,9 @@ from stellarflow.cli.main import main
 from stellarflow.errors import DataValidationError, LabelError
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.io.linelist import write_linelist
-from stellarflow.mock import MockConfig, write_mock_survey
+from stellarflow.mock import MockConfig
 from stellarflow.train.checkpoint import load_model
-from stellarflow.train.config import TrainConfig
-from stellarflow.train.loop import train_model
+from tests.conftest import train_on_mock
 
 POINT = "TEFF=4750,LOGG=2.5,FE_H=-0.1"
 COLUMNS = {"wavelength", "element", "score", "significance", "depth", "known"}
@@ -26,17 +25,9 @@ def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lines_cli")
     survey = folder / "mock.h5"
     # 160 pixels, 16,016-16,051 Å: published Fe, C, N, O lines (enough for templates)
-    write_mock_survey(survey, MockConfig(n_stars=300, n_pixels=160, pixel_offset=3700, seed=3))
-    config = TrainConfig(
-        label_names=("TEFF", "LOGG", "FE_H"),
-        model="factor_analysis",
-        model_options={"n_latent": 4},
-        epochs=3,
-        batch_size=64,
-        device="cpu",
-    )
+    mock = MockConfig(n_stars=300, n_pixels=160, pixel_offset=3700, seed=3)
+    train_on_mock(folder, mock, n_latent=4, epochs=3, batch_size=64)
     with open_survey(survey) as data:
-        train_model(data.load(), config, folder / "model")
         published = data.read_table("linelist")
     linelist = write_linelist(published, folder / "known.ecsv")
     return folder / "model", survey, linelist

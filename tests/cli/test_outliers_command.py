@@ -11,28 +11,14 @@ from astropy.table import Table
 from stellarflow.cli.main import main
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
-from stellarflow.train.config import TrainConfig
-from stellarflow.train.loop import train_model
+from tests.conftest import train_on_mock
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("outliers_cli")
-    survey = folder / "mock.h5"
-    write_mock_survey(
-        survey,
-        MockConfig(n_stars=240, n_pixels=128, pixel_offset=5260, seed=2, outlier_fraction=0.05),
-    )
-    config = TrainConfig(
-        label_names=("TEFF", "LOGG", "FE_H"),
-        model="factor_analysis",
-        model_options={"n_latent": 3},
-        epochs=2,
-        batch_size=64,
-        device="cpu",
-    )
-    with open_survey(survey) as data:
-        train_model(data.load(), config, folder / "model")
+    mock = MockConfig(n_stars=240, n_pixels=128, pixel_offset=5260, seed=2, outlier_fraction=0.05)
+    survey, _ = train_on_mock(folder, mock, n_latent=3, epochs=2, batch_size=64)
     other = folder / "other_grid.h5"
     write_mock_survey(other, MockConfig(n_stars=20, n_pixels=64, pixel_offset=100, seed=2))
     return folder / "model", survey, other
