@@ -23,11 +23,14 @@ the same run, for our ranking and the baselines:
   lines on the grid; N_rich_C_poor -> N, plus C at low or Al at high amplitude; alpha_poor
   -> any of O, Mg, Si, S, Ca, Ti). Also whether the direction (enhanced/depleted) matches the
   sign of that element's shift, and the same numbers for the other expectation.
-* Calibration: Kolmogorov-Smirnov test of ``p_tail`` of the normal stars against U(0, 1),
-  under the model, against the survey reference (``find_outliers``' default for 2,000 or
-  more stars), against the model directory's validation-split reference (fitted here on
-  the recomputed split for models trained before references existed) and among neighbours.
-  The rankings use each of these too; the default's is printed first.
+* Rankings by the line-list test ``p_lines`` (``find_outliers``' default with a line
+  list), by ``p_combined`` and by the whole spectrum's ``p_tail``, each under the model,
+  against the survey reference (the default for 2,000 or more stars), against the model
+  directory's validation-split reference (fitted here on the recomputed split for models
+  trained before references existed; it recalibrates ``p_tail`` only) and among
+  neighbours; the strongest element alone. The default is printed first.
+* Calibration: Kolmogorov-Smirnov test of ``p_tail`` and of ``p_lines`` of the normal stars
+  against U(0, 1) under each calibration, and the fractions of them beyond 1e-3, 1e-4, 1e-6.
 * Baselines: (a) Isolation Forest on PCA coefficients (only if scikit-learn is installed;
   it is not a dependency), (b) PCA reconstruction error (mean squared residual per usable
   pixel, and the noise-weighted chi-square per pixel), (c) Cannon-style chi-square given the
@@ -306,40 +309,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.array([by_id[s] for s in ids])  # table rows in survey order
     flag = np.asarray(table["flag"])[rows]
     usable = flag != "too_few_pixels"
-    ours = np.where(flag == "", -np.asarray(table["log_p_combined"])[rows], -np.inf)
-    omnibus = np.where(flag == "", -np.asarray(table["log_p_tail"])[rows], -np.inf)
-    element = np.where(flag == "", -np.asarray(table["log_p_element"])[rows], -np.inf)
-
     recal = recalibrate_by_neighbours(table, LABELS)
-    by_id_recal = {s: i for i, s in enumerate(recal["star_id"])}
-    rows_recal = np.array([by_id_recal[s] for s in ids])
-    ours_recal = np.where(flag == "", -np.asarray(recal["log_p_combined"])[rows_recal], -np.inf)
-    omnibus_recal = np.where(flag == "", -np.asarray(recal["log_p_tail"])[rows_recal], -np.inf)
 
     def survey_order(recalibrated: Table) -> np.ndarray:
         by_id = {s: i for i, s in enumerate(recalibrated["star_id"])}
         return np.array([by_id[s] for s in ids])
 
-    def column(recalibrated: Table, rows: np.ndarray, name: str) -> np.ndarray:
+    def column(recalibrated: Table, name: str) -> np.ndarray:
+        """-log p of one statistic in survey order; flagged stars last."""
+        rows = survey_order(recalibrated)
         return np.where(flag == "", -np.asarray(recalibrated[name])[rows], -np.inf)
 
-    rows_ref, rows_survey = survey_order(by_reference), survey_order(by_survey)
-    ours_ref = column(by_reference, rows_ref, "log_p_combined")
-    ours_survey = column(by_survey, rows_survey, "log_p_combined")
+    calibrations = {"survey reference": by_survey, "validation reference": by_reference,
+                    "model calibration": table, "neighbour recal.": recal}  # fmt: skip
+    statistics = {"line-list test (p_lines)": "log_p_lines",
+                  "combined (p_combined)": "log_p_combined",
+                  "whole spectrum (p_tail)": "log_p_tail"}  # fmt: skip
     name = f"stellarflow ({args.model_kind})"
-    scores = {
-        f"{name}, combined + survey reference (default)": ours_survey,
-        f"{name}, combined + validation reference": ours_ref,
-        f"{name}, combined, model calibration": ours,
-        f"{name}, combined + neighbour recal.": ours_recal,
-        f"{name}, whole spectrum + survey reference": column(by_survey, rows_survey, "log_p_tail"),
-        f"{name}, whole spectrum + validation reference": column(
-            by_reference, rows_ref, "log_p_tail"
-        ),
-        f"{name}, whole spectrum (p_tail), model calibration": omnibus,
-        f"{name}, whole spectrum + neighbour recal.": omnibus_recal,
-        f"{name}, strongest element (p_element)": element,
-    }
+    default = f"{name}, line-list test (p_lines) + survey reference (default)"
+    scores = {default: column(by_survey, "log_p_lines")}
+    for statistic, key in statistics.items():
+        for calibration, recalibrated in calibrations.items():
+            label = f"{name}, {statistic} + {calibration}"
+            if f"{label} (default)" != default:
+                scores[label] = column(recalibrated, key)
+    scores[f"{name}, strongest element (p_element)"] = column(table, "log_p_element")
+    ours_survey = scores[default]
     pca = pca_scores(train_set, test, args.pca_components)
     forest = isolation_forest(pca["_train_coefficients"], pca["_coefficients"], args.seed)
     if forest is None:
@@ -381,11 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cells) + " |")
 
     available = set(table.meta["elements"])
-    rankings = {"survey reference": ours_survey, "validation reference": ours_ref,
-                "model calibration": ours, "neighbour recal.": ours_recal}  # fmt: skip
-    for title, score in rankings.items():
+    for calibration, recalibrated in calibrations.items():
+        score = column(recalibrated, "log_p_lines")
         chosen = top_k(np.where(usable, score, -np.inf), k) & injected
-        print(f"caught outliers ({title}): {int(chosen.sum())} of {k}")
+        print(f"caught outliers (line-list test, {calibration}): {int(chosen.sum())} of {k}")
     chosen = top_k(np.where(usable, ours_survey, -np.inf), k) & injected
     for title, stars in (
         ("caught (survey reference, the default)", ids[chosen]),
@@ -410,16 +404,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {strict:.3f} | {lenient:.3f}, direction {right_way:.3f}; "
                   f"per kind (strict): {', '.join(per_kind)}")  # fmt: skip
     inliers = (kind == "") & (flag == "")
-    for title, t, r in (("model", table, rows), ("survey reference", by_survey, rows_survey),
-                        ("validation reference", by_reference, rows_ref),
-                        ("neighbour recal.", recal, rows_recal)):  # fmt: skip
-        ks = stats.kstest(np.asarray(t["p_tail"])[r][inliers], "uniform")
-        z = np.asarray(t["z"])[r][inliers]
-        print(
-            f"calibration ({title}): KS of p_tail on {inliers.sum()} normal stars vs U(0,1): "
-            f"D = {ks.statistic:.4f}, p = {ks.pvalue:.3g}; their z: mean {z.mean():.2f}, "
-            f"std {z.std():.2f}, fraction > 4.75 (1e-6): {np.mean(z > 4.753):.4f}"
-        )
+    for calibration, t in calibrations.items():
+        r = survey_order(t)
+        for p_name, z_name in (("p_tail", "z"), ("p_lines", "z_lines")):
+            ks = stats.kstest(np.asarray(t[p_name])[r][inliers], "uniform")
+            z = np.asarray(t[z_name])[r][inliers]
+            beyond = [np.mean(np.asarray(t[p_name])[r][inliers] < q) for q in (1e-3, 1e-4, 1e-6)]
+            print(
+                f"calibration ({calibration}): KS of {p_name} on {inliers.sum()} normal stars "
+                f"vs U(0,1): D = {ks.statistic:.4f}, p = {ks.pvalue:.3g}; their z: mean "
+                f"{z.mean():.2f}, std {z.std():.2f}; fraction beyond 1e-3 / 1e-4 / 1e-6: "
+                + " / ".join(f"{b:.2g}" for b in beyond)
+            )
     for name, seconds in timings.items():
         print(f"time {name}: {seconds:.1f} s")
     n_test, n_pixels = len(ids), test.n_pixels

@@ -197,3 +197,8 @@ def test_combine_tails() -> None:
     assert out[2] == log_a[2]  # no second test: the first unchanged
     assert np.isnan(out[3])  # an unscored star stays unscored
     assert combine_tails(np.array([-1e-3]), np.array([-1e-3]))[0] == 0.0  # capped at p = 1
+    # three tests: the factor is the number present for each star
+    three = combine_tails(np.array([-30.0, -30.0, np.nan]), np.array([-40.0, np.nan, -5.0]),
+                          np.array([-50.0, np.nan, np.nan]))  # fmt: skip
+    np.testing.assert_allclose(three[:2], [np.log(3) - 50.0, -30.0])
+    assert np.isnan(three[2])

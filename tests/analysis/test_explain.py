@@ -10,6 +10,7 @@ from stellarflow.analysis.explain import (
     FWHM_PER_SIGMA,
     element_evidence,
     element_profiles,
+    element_tests,
     line_depth,
     summarize_evidence,
     unexplained_features,
@@ -183,6 +184,57 @@ def test_gls_evidence_is_standard_normal_when_the_latent_fit_absorbs_lines() -> 
     total = variance + (loading**2).sum(1)
     diagonal = element_evidence(x, total, depth, profiles, mask)[:, 0]
     assert diagonal.std() > 1.5  # correlated lines inflate an independent-pixel filter
+
+
+def test_joint_chi2_is_chi2_distributed_and_exact() -> None:
+    """All elements' filters together: chi2 with one dof per element with usable pixels."""
+    from scipy import stats
+
+    wave = WAVELENGTH[:400]
+    profiles = element_profiles(wave, _linelist(), resolution=R)  # Ce, Fe, N on the grid
+    rng, loading, variance = _gaussian_factor_model(wave.size, 3, seed=6)
+    loading[:, 0] = 0.02 * (profiles.profiles[0] + profiles.profiles[1])  # Ce, Fe co-vary
+    n_stars = 3000
+    x = rng.multivariate_normal(
+        np.zeros(wave.size), np.diag(variance) + loading @ loading.T, size=n_stars
+    )
+    depth = np.full_like(x, 0.3)
+    mask = np.zeros_like(x, dtype=bool)
+    mask[:, 150:400] = True  # hides every line but the first of Ce and Fe ...
+    mask[::2, :] = False  # ... in every other star
+    prior = np.broadcast_to(np.eye(3), (n_stars, 3, 3))
+    args = (x, variance, depth, profiles, mask, loading, prior)
+    tests = element_tests(*args, given_fit=False)
+    single = element_tests(*args, given_fit=False, joint=False)
+    np.testing.assert_allclose(single.chi2, tests.chi2, rtol=1e-8)  # a reparametrisation
+    n_elements = profiles.profiles[:, ~mask[1]].max(axis=1) > 0
+    assert set(tests.dof[::2]) == {3} and set(tests.dof[1::2]) == {int(n_elements.sum())}
+    for parity in (0, 1):
+        rows = slice(parity, None, 2)
+        dof = int(tests.dof[rows][0])
+        assert stats.kstest(tests.chi2[rows], stats.chi2(dof).cdf).pvalue > 1e-3
+    # dense check of one star: n^T Cov[n]^-1 n with n = T^T V^-1 x
+    t = profiles.profiles * depth[0]
+    v = variance + (loading**2).sum(1)
+    n = (t / v) @ x[0]
+    cov = (t / v) @ (np.diag(variance) + loading @ loading.T) @ (t / v).T
+    np.testing.assert_allclose(tests.chi2[0], n @ np.linalg.solve(cov, n), rtol=1e-8)
+    # conditional version: residual from the star's latent fit, GLS information
+    observed = np.ones(wave.size, dtype=bool)
+    mean_z, cov_z = _latent_fit(x.T, loading, variance, observed)
+    delta = x - (loading @ mean_z).T
+    full = np.zeros_like(mask)
+    cov = np.broadcast_to(cov_z, (n_stars, 3, 3))
+    given = element_tests(delta, variance[None], depth, profiles, full, loading, cov)
+    assert stats.kstest(given.chi2, stats.chi2(3).cdf).pvalue > 1e-3
+    # Ce enhanced and Fe depleted, against the population's Ce-Fe correlation: chi2 far out
+    odd = x + 0.05 * (profiles.profiles[0] - profiles.profiles[1])
+    shifted = element_tests(odd, *args[1:], given_fit=False)
+    assert np.median(shifted.chi2[::2]) > 10 * np.median(tests.chi2[::2])
+    # the same amplitude along the correlation is a smaller surprise
+    along = element_tests(x + 0.05 * (profiles.profiles[0] + profiles.profiles[1]), *args[1:],
+                          given_fit=False)  # fmt: skip
+    assert np.median(along.chi2[::2]) < np.median(shifted.chi2[::2]) / 2
 
 
 def test_line_depth_is_clipped() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.table import Table
+from scipy import stats
 
 from stellarflow.analysis.explain import element_profiles
 from stellarflow.analysis.outliers import (
@@ -62,13 +63,18 @@ def test_columns_sorting_and_ranks(setup) -> None:
     n = int(ranked.sum())
     assert n > 0.9 * len(table) and not np.any(ranked[n:])  # ranked first
     np.testing.assert_array_equal(table["rank"][:n], np.arange(1, n + 1))
-    assert table.meta["rank_by"] == "combined"
-    assert np.all(np.diff(table["log_p_combined"][:n]) >= 0)
+    assert table.meta["rank_by"] == "lines"  # "auto" with a line list
+    assert np.all(np.diff(table["log_p_lines"][:n]) >= 0)
     np.testing.assert_allclose(table["one_in"][:n] * table["p_tail"][:n], 1.0, rtol=1e-9)
     assert np.all((table["p_tail"][:n] > 0) & (table["p_tail"][:n] <= 1))
-    # the Bonferroni combination of the whole-spectrum and strongest-element tests
-    expected = np.minimum(1.0, 2 * np.minimum(table["p_tail"][:n], table["p_element"][:n]))
-    np.testing.assert_allclose(table["p_combined"][:n], expected, rtol=1e-12)
+    # the line-list test: chi2 with one dof per element on the grid, its z under the model
+    n_elements = len(table.meta["elements"])
+    assert set(table["dof_lines"][:n]) == {n_elements}
+    p_model = stats.chi2.sf(table["chi2_lines"][:n], n_elements)
+    np.testing.assert_allclose(stats.norm.isf(p_model), table["z_lines_model"][:n], rtol=1e-6)
+    # the Bonferroni combination of the whole-spectrum, line-list and strongest-element tests
+    smallest = np.minimum.reduce([table[c][:n] for c in ("p_tail", "p_lines", "p_element")])
+    np.testing.assert_allclose(table["p_combined"][:n], np.minimum(1.0, 3 * smallest), rtol=1e-9)
     assert np.all(np.asarray(table["p_element"][:n]) <= 1.0)
     assert set(table["flag"]) <= set(FLAGS)
     assert table["log_prob"].unit == "nat"
@@ -183,10 +189,11 @@ def test_neighbour_recalibration(setup) -> None:
     assert recal.meta["recalibration"].startswith("neighbours(k=40")
     n = int(np.sum(recal["flag"] == ""))
     np.testing.assert_array_equal(recal["rank"][:n], np.arange(1, n + 1))
-    assert np.all(np.diff(recal["log_p_combined"][:n]) >= 0)
-    z = np.asarray(recal["z"][:n])
-    mad = 1.4826 * np.median(np.abs(z - np.median(z)))
-    assert abs(np.median(z)) < 0.2 and 0.8 < mad < 1.25  # standardised within neighbourhoods
+    assert np.all(np.diff(recal["log_p_lines"][:n]) >= 0)
+    for name in ("z", "z_lines"):  # both tests standardised within neighbourhoods
+        z = np.asarray(recal[name][:n])
+        mad = 1.4826 * np.median(np.abs(z - np.median(z)))
+        assert abs(np.median(z)) < 0.2 and 0.8 < mad < 1.25, name
     # same stars, same model scores; only the calibration differs
     model_z = dict(zip(table["star_id"], table["z_model"], strict=True))
     assert all(model_z[s] == v for s, v in zip(recal["star_id"], recal["z_model"], strict=True))
@@ -212,6 +219,10 @@ def test_omnibus_ranking_and_no_line_list(setup) -> None:
     )
     with pytest.raises(DataValidationError, match="rank_by must be one of"):
         find_outliers(trained, data, rank_by="element")
+    with pytest.raises(DataValidationError, match="rank_by='lines' needs a line list"):
+        find_outliers(trained, data, linelist=None, rank_by="lines")
+    auto = find_outliers(trained, data[:40], linelist=None)  # "auto" falls back to omnibus
+    assert auto.meta["rank_by"] == "omnibus" and np.all(np.isnan(auto["log_p_lines"]))
 
 
 def test_score_distribution_draws_the_ranking_statistic(setup) -> None:
@@ -224,12 +235,15 @@ def test_score_distribution_draws_the_ranking_statistic(setup) -> None:
 
     table = setup[3]
     ranked = table[table["flag"] == ""]
-    capped = int(np.sum(np.asarray(ranked["log_p_combined"]) == 0.0))
-    figure = plot_score_distribution(table, top_k=5)
-    ax = figure.axes[0]
-    drawn = sum(patch.get_height() for patch in ax.patches)
-    assert drawn == len(ranked) - capped  # every ranked star, except those at p = 1
-    labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert (f"{capped} more at p_combined = 1" in labels[0]) == (capped > 0)
-    assert "p_combined" in ax.get_xlabel()
-    plt.close(figure)
+    for rank_by, column in (("lines", "p_lines"), ("combined", "p_combined")):
+        view = table.copy(copy_data=False)
+        view.meta["rank_by"] = rank_by
+        capped = int(np.sum(np.asarray(ranked["log_" + column]) == 0.0))
+        figure = plot_score_distribution(view, top_k=5)
+        ax = figure.axes[0]
+        drawn = sum(patch.get_height() for patch in ax.patches)
+        assert drawn == len(ranked) - capped  # every ranked star, except those at p = 1
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert (f"{capped} more at {column} = 1" in labels[0]) == (capped > 0)
+        assert column in ax.get_xlabel()
+        plt.close(figure)

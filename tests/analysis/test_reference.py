@@ -201,5 +201,15 @@ def test_large_surveys_are_recalibrated_by_a_cross_fitted_survey_reference(train
     )
     with pytest.raises(DataValidationError, match="at least 1000 ranked stars"):
         recalibrate_by_survey(plain[:900], ("TEFF", "LOGG", "FE_H"))
+    # with a line list the line-list test is cross-fitted the same way, and ranks
+    with open_survey(model.path.parent / "mock.h5") as survey:
+        linelist = survey.read_table("linelist")
+    lines = find_outliers(model, data, linelist=linelist)
+    assert lines.meta["rank_by"] == "lines" and "p_lines t dof" in lines.meta["recalibration"]
+    assert np.all(np.diff(np.asarray(lines["log_p_lines"][:n])) >= 0)
+    z_lines = np.asarray(lines["z_lines"][:n])
+    assert abs(np.median(z_lines)) < 0.1
+    assert 0.85 < stats.median_abs_deviation(z_lines, scale="normal") < 1.15
+    assert np.median(np.abs(np.asarray(lines["z_lines_model"][:n]) - z_lines)) > 0  # changed
     with pytest.raises(DataValidationError, match="n_folds must be >= 2"):
         recalibrate_by_survey(plain, ("TEFF", "LOGG", "FE_H"), n_folds=1)

@@ -116,15 +116,16 @@ def test_labels_table_replaces_the_survey_labels(inputs, tmp_path) -> None:
 def test_rank_by_option(inputs, tmp_path) -> None:
     model, survey, _ = inputs
     tables = {}
-    for rank_by in ("combined", "omnibus"):
+    keys = {"lines": "log_p_lines", "combined": "log_p_combined", "omnibus": "log_p_tail"}
+    for rank_by in ("auto", "lines", "combined", "omnibus"):
         out = tmp_path / rank_by
         argv = ["-q", "outliers", str(model), str(survey), "--out", str(out), "--top", "2"]
         assert main([*argv, "--rank-by", rank_by]) == 0
         table = Table.read(out / "outliers.ecsv")
-        assert table.meta["rank_by"] == rank_by
+        used = "lines" if rank_by == "auto" else rank_by  # the mock survey has a line list
+        assert table.meta["rank_by"] == used
         ranked = table[table["flag"] == ""]
-        key = "log_p_combined" if rank_by == "combined" else "log_p_tail"
-        assert np.all(np.diff(np.asarray(ranked[key])) >= 0)
+        assert np.all(np.diff(np.asarray(ranked[keys[used]])) >= 0)
         tables[rank_by] = table
     # the same stars and scores, only the order differs
     by_id = dict(zip(tables["omnibus"]["star_id"], tables["omnibus"]["p_tail"], strict=True))

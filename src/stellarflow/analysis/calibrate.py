@@ -306,21 +306,24 @@ def strongest_tail(evidence: np.ndarray) -> np.ndarray:
     return np.where(n_tests > 0, np.minimum(log_p, 0.0), 0.0)
 
 
-def combine_tails(log_p_tail: np.ndarray, log_p_other: np.ndarray) -> np.ndarray:
-    r"""log of the Bonferroni combination :math:`\min(1, 2 \min(p_1, p_2))` of two tests.
+def combine_tails(log_p_tail: np.ndarray, *log_p_others: np.ndarray) -> np.ndarray:
+    r"""log of the Bonferroni combination :math:`\min(1, m \min_j p_j)` of a star's tests.
 
-    An upper bound on the probability under the model that *either* test is at least as
-    extreme as observed. Where ``log_p_other`` is NaN (no second test) the first is returned
-    unchanged; NaN in ``log_p_tail`` (a star not scored) stays NaN.
+    An upper bound on the probability that *any* of the :math:`m` tests is at least as
+    extreme as observed (each test's own calibration carried over). A test that is NaN for
+    a star (no line list, say) is not counted for it; NaN in ``log_p_tail`` (a star not
+    scored) stays NaN.
 
     Args:
         log_p_tail: `(n,)` natural-log tail probabilities of the first test.
-        log_p_other: `(n,)` those of the second, NaN where it does not exist.
+        *log_p_others: `(n,)` each, those of further tests, NaN where a test does not exist.
 
     Returns:
         `(n,)` natural-log combined tail probabilities.
     """
     first = np.asarray(log_p_tail, dtype=np.float64)
-    other = np.asarray(log_p_other, dtype=np.float64)
-    both = np.minimum(np.log(2.0) + np.fmin(first, other), 0.0)
-    return np.where(np.isnan(other) | np.isnan(first), first, both)
+    tests = np.stack([first, *(np.asarray(o, dtype=np.float64) for o in log_p_others)])
+    present = ~np.isnan(tests)
+    smallest = np.min(np.where(present, tests, np.inf), axis=0)
+    combined = np.minimum(np.log(np.maximum(present.sum(axis=0), 1)) + smallest, 0.0)
+    return np.where(np.isnan(first), first, combined)

@@ -51,9 +51,11 @@ from stellarflow.errors import DataValidationError
 __all__ = [
     "FWHM_PER_SIGMA",
     "ElementProfiles",
+    "ElementTests",
     "EvidenceSummary",
     "element_evidence",
     "element_profiles",
+    "element_tests",
     "line_depth",
     "summarize_evidence",
     "unexplained_features",
@@ -168,7 +170,34 @@ def line_depth(expectation: np.ndarray, floor: float = 0.01) -> np.ndarray:
     return np.clip(1.0 - np.asarray(expectation, dtype=np.float64), floor, 1.0)
 
 
-def element_evidence(
+@dataclass(frozen=True)
+class ElementTests:
+    r"""The line-list tests of each star (:func:`element_tests`).
+
+    Attributes:
+        evidence: `(n_stars, n_elements)` signed z-scores, columns in ``profiles.elements``
+            order: positive = lines deeper than expected (enhanced), negative = shallower
+            (depleted); 0 for an element with no usable pixel.
+        chi2: `(n_stars,)` :math:`\chi^2 = n^T \mathrm{Cov}[n]^{-1} n` of the vector
+            :math:`n` of all elements' filter outputs under the model: how surprising the
+            lines are *together*, the population's correlations between elements included
+            (an element moving against the others that usually follow it). Exactly
+            :math:`\chi^2_{dof}` for spectra drawn from a Gaussian model; it does not
+            depend on whether the amplitudes are fitted jointly or singly.
+        dof: `(n_stars,)` int, elements with usable pixels.
+    """
+
+    evidence: np.ndarray
+    chi2: np.ndarray
+    dof: np.ndarray
+
+
+def element_evidence(*args: object, **kwargs: object) -> np.ndarray:
+    """Per-element z-scores: :attr:`ElementTests.evidence` of :func:`element_tests`."""
+    return element_tests(*args, **kwargs).evidence  # type: ignore[arg-type]
+
+
+def element_tests(
     delta: np.ndarray,
     variance: np.ndarray,
     depth: np.ndarray,
@@ -180,8 +209,8 @@ def element_evidence(
     given_fit: bool = True,
     joint: bool = True,
     batch_size: int = 32,
-) -> np.ndarray:
-    r"""Matched-filter evidence of each element: a z-score under the model.
+) -> ElementTests:
+    r"""Matched-filter evidence of each element (a z-score under the model) and of all at once.
 
     The template is :math:`t_{e,i} = g_{e,i} d_i` (flux units up to a scale), the model's
     covariance at the labels :math:`C = D + L \Sigma_z L^T` (:math:`D` independent per-pixel
@@ -235,9 +264,8 @@ def element_evidence(
         batch_size: stars per block of the `(batch, n_pixels, k)` intermediates.
 
     Returns:
-        `(n_stars, n_elements)` z-scores, columns in ``profiles.elements`` order: positive =
-        lines deeper than expected (enhanced), negative = shallower (depleted); 0 for an
-        element with no usable pixel.
+        :class:`ElementTests`: the per-element z-scores and the joint :math:`\chi^2` of all
+        elements' filters.
     """
     delta = np.asarray(delta, dtype=np.float64)
     shape = delta.shape
@@ -248,6 +276,8 @@ def element_evidence(
     n_elements = g.shape[0]
     pairs = sparse.vstack([g.multiply(g[e]) for e in range(n_elements)]).tocsr()  # g_e g_f
     out = np.zeros((shape[0], n_elements))
+    chi2 = np.zeros(shape[0])
+    dof = np.zeros(shape[0], dtype=np.int64)
     for start in range(0, shape[0], batch_size):
         rows = slice(start, start + batch_size)
         ok = usable[rows]
@@ -274,10 +304,31 @@ def element_evidence(
             extra = b @ latent_cov[rows] @ b.transpose(0, 2, 1)
         if given_fit:  # information matrix of the amplitudes, T^T C^-1 T
             out[rows] = _z_scores(numerator, gram - extra, None, joint)
+            spread = gram - extra  # Cov[T^T D^-1 delta] = T^T C^-1 T
         else:  # covariance of the numerator, and T^T V^-1 T for the joint fit
             fisher = (pairs @ (w * w * v).T).T.reshape(n, n_elements, n_elements)
             out[rows] = _z_scores(numerator, fisher, gram + extra, joint)
-    return out
+            spread = gram + extra
+        chi2[rows], dof[rows] = _joint_chi2(numerator, spread)
+    return ElementTests(out, chi2, dof)
+
+
+def _joint_chi2(numerator: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:math:`n^T \\Sigma^{-1} n` over each star's elements with usable pixels, and their number.
+
+    ``numerator`` `(n, E)`; ``covariance`` `(n, E, E)` its covariance under the model.
+    """
+    diag = np.diagonal(covariance, axis1=1, axis2=2)
+    scale = np.maximum(diag.max(axis=1, keepdims=True), 1e-300)
+    active = diag > 1e-9 * scale
+    both = active[:, :, None] & active[:, None, :]
+    eye = np.eye(covariance.shape[1])
+    sigma = np.where(both, covariance, 0.0) + eye * (~active)[:, None, :]
+    sigma = sigma + eye * (1e-12 * scale[:, :, None])  # round-off only: keeps Cholesky alive
+    value = np.where(active, numerator, 0.0)
+    factor = np.linalg.cholesky(sigma)
+    white = np.linalg.solve(factor, value[:, :, None])[..., 0]
+    return (white**2).sum(axis=1), active.sum(axis=1)
 
 
 def _z_scores(

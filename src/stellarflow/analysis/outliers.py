@@ -20,18 +20,31 @@ beyond one row of results per star):
 4. **Ranking.** ``p_tail`` is an omnibus test: every pixel's surprise counts, so a few
    anomalous lines are diluted by thousands of ordinary pixels (their excess
    :math:`\chi^2` must beat the :math:`\sqrt{2n}` spread of the sum). A chemically
-   peculiar star differs in the lines of one or a few elements, where the per-element
-   evidence is a one-degree-of-freedom test that sees it directly. ``p_element`` turns the
-   strongest element's evidence into a tail probability under the model (Bonferroni over
-   the elements: :func:`~stellarflow.analysis.calibrate.strongest_tail`, an upper bound),
-   and ``p_combined`` = min(1, 2 min(``p_tail``, ``p_element``)) is an upper bound on the
-   chance that either test is this extreme. ``rank_by="combined"`` (default) orders by it;
-   ``"omnibus"`` by ``p_tail`` alone. Both stay finite in log space where the
-   probabilities underflow. ``one_in`` stays ``1 / p_tail``. On the mock (1,024 pixels,
-   factor analysis k = 16 with label-dependent scatter, 43 injected outliers among 10,000
-   stars; BENCHMARKS.md) the combined ranking lifts the AUC from 0.976 to 0.996, and the
-   Ce-, Na- and Nd-rich stars are then all in the top k; the omnibus test is still what
-   finds Mg-poor/Al-rich stars (Al has no lines in that window).
+   peculiar star differs in the lines of one or a few elements. Two tests look there:
+   ``p_element`` turns the strongest element's evidence into a tail probability under the
+   model (Bonferroni over the elements: :func:`~stellarflow.analysis.calibrate.strongest_tail`,
+   an upper bound), and ``p_lines`` is the **line-list test**: the :math:`\chi^2` of all
+   elements' matched filters together under the model's covariance
+   (:attr:`~stellarflow.analysis.explain.ElementTests.chi2`, :math:`\chi^2_E` for E
+   elements), which also sees elements moving *against* the population's correlations
+   (an alpha-poor star whose Na and Al stay where its [Fe/H] puts them). ``p_combined`` =
+   min(1, m min(``p_tail``, ``p_lines``, ``p_element``)) over the m tests present is an
+   upper bound on the chance that any of them is this extreme. ``rank_by="lines"`` orders
+   by ``p_lines``, ``"omnibus"`` by ``p_tail``, ``"combined"`` by ``p_combined``;
+   ``"auto"`` (default) takes ``"lines"`` when there is a line list, else ``"omnibus"``.
+   ``one_in`` stays ``1 / p_tail``, the whole spectrum's "1 in N". All stay finite in log
+   space where the probabilities underflow.
+
+   Why the line-list test ranks by default (session 10, 7,514 pixels, factor analysis
+   k = 16; three mocks with 0.1%, 0.5% and 1% injected outliers, BENCHMARKS.md): its
+   inlier tail is the lightest of the three after recalibration (no normal star beyond
+   1e-6 in 40,000), so the outliers' 10-50 sigma line anomalies are not crowded by the
+   normal stars that the model misfits as a whole (cool metal-rich giants: ``p_tail``
+   beyond 1e-6 for 0.02-0.09% of normal stars even after recalibration) or in one
+   element (``p_element`` < 1e-3 for 0.6%). Precision at k: 1.00 / 0.97 / 0.91 against
+   0.91 / 0.92 / 0.74 for the earlier default (``p_tail`` and ``p_element`` combined).
+   The whole-spectrum test still finds what the line list does not cover (a strong
+   unknown line, a data fault): rank by ``"omnibus"`` or ``"combined"`` to look for that.
 
 The model's calibration is only as good as the model: on the mock, factor analysis misfits
 the metal-poor tail and the coolest giants, whose normal stars then reach z ~ 30 and crowd
@@ -45,7 +58,11 @@ Student-t upper tail): ``recalibrate="survey"`` cross-fits one on the ranked sta
 themselves (five folds, each against the other four: :func:`recalibrate_by_survey`),
 ``"reference"`` uses the one ``stellarflow train`` fits on its validation stars (works
 for a single star). ``"auto"`` (default) takes the survey reference from
-:data:`SURVEY_REFERENCE_MIN` ranked stars, else the model's, else none. At 7,514 pixels
+:data:`SURVEY_REFERENCE_MIN` ranked stars, else the model's, else none. The survey and
+neighbour recalibrations treat ``p_lines`` the same way (from ``z_lines_model``); the model
+directory's reference is fitted for ``p_tail`` only, so below that ``p_lines`` stays under
+the model (its normal stars' z: mean ~1, sd ~1.5 on the mocks: too many small ``p_lines``,
+still a good ranking but not a calibrated "1 in N"). At 7,514 pixels
 (session 9: two mocks of 10,000 test stars with 43 and 92 injected outliers, factor
 analysis k = 16 by ECM) the survey reference takes the inliers' KS p from 2e-10 / 6e-5 to
 0.51 / 0.06 and precision at k from 0.77 / 0.82 to 0.91 / 0.92; the ~2,000-star
@@ -94,11 +111,17 @@ import torch
 from astropy.table import MaskedColumn, Table
 from scipy import special
 
-from stellarflow.analysis.calibrate import calibrate_log_prob, combine_tails, strongest_tail
+from stellarflow.analysis.calibrate import (
+    calibrate_log_prob,
+    combine_tails,
+    strongest_tail,
+    tail_from_chi2,
+)
 from stellarflow.analysis.explain import (
     ElementProfiles,
-    element_evidence,
+    ElementTests,
     element_profiles,
+    element_tests,
     line_depth,
     summarize_evidence,
     unexplained_features,
@@ -149,7 +172,7 @@ RECALIBRATIONS = ("auto", "none", "survey", "reference", "neighbours")
 SURVEY_REFERENCE_MIN = 2000
 """Ranked stars from which ``recalibrate="auto"`` cross-fits the reference on the survey."""
 
-RANKINGS = ("combined", "omnibus")
+RANKINGS = ("auto", "lines", "combined", "omnibus")
 """What ``rank`` orders by: ``p_combined`` (default) or ``p_tail`` alone."""
 
 _MAX_UNEXPLAINED_LISTED = 5
@@ -356,15 +379,16 @@ def _explain(
     wavelength: np.ndarray,
     profiles: ElementProfiles | None,
     resolution: float,
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Whitened residual, per-element evidence `(n, n_elements)` and unexplained features."""
+) -> tuple[np.ndarray, ElementTests, list[np.ndarray]]:
+    """Whitened residual, the line-list tests (:class:`ElementTests`) and unexplained features."""
     e = expectation
     residual = whitened_residual(flux, e.expected, e.spread, mask)
+    n = len(flux)
     if profiles is None:
-        evidence = np.zeros((len(flux), 0))
+        tests = ElementTests(np.zeros((n, 0)), np.zeros(n), np.zeros(n, dtype=np.int64))
         lines = np.zeros(0)
     else:
-        evidence = element_evidence(
+        tests = element_tests(
             flux - e.expected,
             e.variance,
             line_depth(e.expected),
@@ -376,7 +400,7 @@ def _explain(
         )
         lines = profiles.line_wavelength
     features = unexplained_features(residual, mask, wavelength, lines, resolution)
-    return residual, evidence, features
+    return residual, tests, features
 
 
 def _chunk_columns(
@@ -400,6 +424,10 @@ def _chunk_columns(
         spread_ratio=np.full(n, np.nan),
         dof=np.zeros(n, dtype=np.int64),
         log_p_element=np.full(n, np.nan),
+        chi2_lines=np.full(n, np.nan),
+        dof_lines=np.zeros(n, dtype=np.int64),
+        log_p_lines=np.full(n, np.nan),
+        z_lines=np.full(n, np.nan),
     )
     elements = () if profiles is None else profiles.elements
     evidence = np.zeros((n, len(elements)))
@@ -433,7 +461,7 @@ def _chunk_columns(
         c = None if context is None else torch.as_tensor(context, dtype=param.dtype)
         generator = torch.Generator(device=param.device).manual_seed(seed)
         expected = model_expectation(model, *tensors, c, settings.expectation, generator)
-        _, evidence[rows], features = _explain(
+        _, tests, features = _explain(
             chunk.flux[rows],
             chunk.mask[rows],
             expected,
@@ -441,8 +469,13 @@ def _chunk_columns(
             profiles,
             settings.resolution,
         )
+        evidence[rows] = tests.evidence
         if profiles is not None:
-            cols["log_p_element"][rows] = strongest_tail(evidence[rows])
+            cols["log_p_element"][rows] = strongest_tail(tests.evidence)
+            cols["chi2_lines"][rows], cols["dof_lines"][rows] = tests.chi2, tests.dof
+            log_p, z = tail_from_chi2(tests.chi2, np.maximum(tests.dof, 1))
+            cols["log_p_lines"][rows] = np.where(tests.dof > 0, log_p, 0.0)
+            cols["z_lines"][rows] = np.where(tests.dof > 0, z, -np.inf)
         n_unexplained[rows] = [f.size for f in features]
         where_unexplained[rows] = [
             " ".join(f"{w:.2f}" for w in f[:_MAX_UNEXPLAINED_LISTED]) for f in features
@@ -512,7 +545,7 @@ def find_outliers(
     resolution: float = 22_500.0,
     seed: int = 0,
     recalibrate: str = "auto",
-    rank_by: str = "combined",
+    rank_by: str = "auto",
     progress: bool | Callable[[int], None] = False,
     parts: str | Path | None = None,
     dist: Distributed | None = None,
@@ -543,8 +576,11 @@ def find_outliers(
             :func:`recalibrate_by_neighbours`), or "auto" (default): "survey" from
             :data:`SURVEY_REFERENCE_MIN` ranked stars, else "reference" when the model
             directory has one, else "none".
-        rank_by: "combined" (``p_combined``: the spectrum as a whole or its strongest
-            element, whichever is more surprising) or "omnibus" (``p_tail`` alone).
+        rank_by: "lines" (``p_lines``: the line list's joint test, how unusual the star's
+            lines are together), "omnibus" (``p_tail``: the whole spectrum), "combined"
+            (``p_combined``: the most surprising of the whole spectrum, the line-list
+            test and the strongest element, Bonferroni), or "auto" (default): "lines" with
+            a line list, else "omnibus" (module docstring).
         progress: show a progress bar (True) or call ``progress(n_done)`` per chunk.
         parts: folder of per-chunk part files: makes the scoring resumable and lets the
             processes of a ``torchrun`` job share it
@@ -559,9 +595,12 @@ def find_outliers(
         ``log_p_tail`` (natural log), ``p_tail``, ``one_in`` (1 / p_tail, inf where p_tail
         underflows), ``log_p_element`` and ``p_element`` (the strongest element's evidence
         as a tail probability, a Bonferroni upper bound; NaN without a line list),
-        ``log_p_combined`` and ``p_combined`` (min(1, 2 min(``p_tail``,
-        ``p_element``)), an upper bound; what ``rank`` orders by by default), ``z``,
-        ``z_model`` (the model's z, before any recalibration),
+        ``chi2_lines``, ``dof_lines``, ``log_p_lines``, ``p_lines`` and ``z_lines`` (the
+        line list's joint test, recalibrated like ``p_tail``; what ``rank`` orders by by
+        default), ``z_lines_model`` (its z under the model), ``log_p_combined`` and
+        ``p_combined`` (min(1, m min(``p_tail``, ``p_lines``, ``p_element``)) over the m
+        tests present, an upper bound), ``z``, ``z_model`` (the model's z, before any
+        recalibration),
         ``spread_ratio``, ``snr`` (median S/N per usable pixel), ``supported``, ``support_ratio``,
         ``n_good_pixels``, ``top_element``, ``top_element_direction`` ("enhanced" /
         "depleted"), ``top_evidence`` (signed z-score), ``element_summary`` (the three
@@ -584,10 +623,15 @@ def find_outliers(
     if recalibrate == "reference":  # fail before scoring
         _model_reference(trained, required=True)
     reader, profiles, origin = _prepare(trained, source, linelist, labels, expectation, resolution)
+    if rank_by == "lines" and profiles is None:
+        raise DataValidationError(
+            "rank_by='lines' needs a line list with lines on the model's grid: pass one "
+            "(stellarflow.io.linelist.read_linelist) or rank by 'omnibus'"
+        )
     settings = _Settings(n_reference, min_good_fraction, expectation, resolution, seed)
     manifest = {
         "task": "outliers",
-        "columns": 2,  # part files gained log_p_element (parts of older runs are refused)
+        "columns": 3,  # part files gained the line-list test (parts of older runs are refused)
         "model": str(Path(trained.path).resolve()),
         "source": str(getattr(source, "path", "in-memory dataset")),
         "settings": [n_reference, min_good_fraction, expectation, resolution, seed],
@@ -649,6 +693,9 @@ def _assemble(
     table["log_prob"].unit = "nat"
     table["z_model"] = columns["z"]
     table["log_p_element"] = columns["log_p_element"]
+    for name in ("chi2_lines", "dof_lines", "log_p_lines", "z_lines"):
+        table[name] = columns[name]
+    table["z_lines_model"] = columns["z_lines"]
     for name in ("spread_ratio", "snr", "supported", "support_ratio", "n_good_pixels",
                  "top_element", "top_element_direction", "top_evidence", "element_summary",
                  "n_unexplained", "unexplained_wavelength"):  # fmt: skip
@@ -657,19 +704,38 @@ def _assemble(
     return table
 
 
+RANK_COLUMNS = {"lines": "log_p_lines", "combined": "log_p_combined", "omnibus": "log_p_tail"}
+"""The natural-log tail probability each ranking orders by."""
+
+# each test's model z column, and the tail probability and z a recalibration replaces
+_TESTS = {
+    "tail": ("z_model", "log_p_tail", "z"),
+    "lines": ("z_lines_model", "log_p_lines", "z_lines"),
+}
+
+
+def _has_lines(table: Table) -> bool:
+    """Whether the table carries the line-list test (a line list was given)."""
+    return "dof_lines" in table.colnames and bool(np.any(np.asarray(table["dof_lines"]) > 0))
+
+
 def _rank(table: Table, rank_by: str) -> Table:
     """Set the probabilities, ``one_in`` and ``rank`` (by ``rank_by``); ranked rows first."""
+    if rank_by == "auto":
+        rank_by = "lines" if _has_lines(table) else "omnibus"
     log_p_tail = np.asarray(table["log_p_tail"], dtype=np.float64)
+    log_p_lines = np.asarray(table["log_p_lines"], dtype=np.float64)
     log_p_element = np.asarray(table["log_p_element"], dtype=np.float64)
-    log_combined = combine_tails(log_p_tail, log_p_element)
+    log_combined = combine_tails(log_p_tail, log_p_lines, log_p_element)
     with np.errstate(over="ignore"):
         table["p_tail"] = np.exp(log_p_tail)
         table["one_in"] = np.exp(-log_p_tail)
+        table["p_lines"] = np.exp(log_p_lines)
         table["p_element"] = np.exp(log_p_element)
         table["log_p_combined"] = log_combined
         table["p_combined"] = np.exp(log_combined)
     table.meta["rank_by"] = rank_by
-    log_p = log_combined if rank_by == "combined" else log_p_tail
+    log_p = np.asarray(table[RANK_COLUMNS[rank_by]], dtype=np.float64)
     ranked = np.asarray(table["flag"]) == ""
     first = np.flatnonzero(ranked)
     first = first[np.argsort(log_p[first], kind="stable")]
@@ -721,15 +787,20 @@ def recalibrate_by_neighbours(
     )
     spread = stats.median_abs_deviation(x, axis=0, scale="normal")
     x = (x - np.median(x, axis=0)) / np.where(spread > 0, spread, 1.0)
-    z = np.asarray(table["z_model"], dtype=np.float64)[ranked]
     _, index = cKDTree(x).query(x, k=n_neighbours + 1)
-    local = z[index[:, 1:]]
-    centre = np.median(local, axis=1)
-    scale = stats.median_abs_deviation(local, axis=1, scale="normal")
-    log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
-    log_p[ranked] = special.log_ndtr(-(z - centre) / np.maximum(scale, 1e-6))
+    updates = {}
+    for test, (model_column, p_column, _) in _tests_of(table).items():
+        z = np.asarray(table[model_column], dtype=np.float64)[ranked]
+        z = np.where(np.isfinite(z), z, np.nan)  # no test for this star: not a neighbour
+        local = z[index[:, 1:]]
+        centre = np.nanmedian(local, axis=1)
+        scale = stats.median_abs_deviation(local, axis=1, scale="normal", nan_policy="omit")
+        log_p = np.asarray(table[p_column], dtype=np.float64).copy()
+        standing = special.log_ndtr(-(z - centre) / np.maximum(scale, 1e-6))
+        log_p[ranked] = np.where(np.isnan(z), log_p[ranked], standing)
+        updates[test] = log_p
     meta = f"neighbours(k={n_neighbours}; labels + log10 S/N)"
-    return _with_log_p_tail(table, ranked, log_p, meta)
+    return _with_log_p(table, ranked, updates, meta)
 
 
 def recalibrate_by_survey(
@@ -767,21 +838,30 @@ def recalibrate_by_survey(
     fold = np.random.default_rng([seed, 11]).permutation(ranked.size) % n_folds
     labels = _label_rows(table, label_names, ranked)
     snr = np.asarray(table["snr"], dtype=np.float64)[ranked]
-    z_model = np.asarray(table["z_model"], dtype=np.float64)[ranked]
-    log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
-    dofs = []
-    for f in range(n_folds):
-        rest, this = fold != f, fold == f
-        reference = fit_reference(z_model[rest], labels[rest], snr[rest], label_names)
-        log_p[ranked[this]] = reference.log_p_tail(z_model[this], labels[this], snr[this])
-        dofs.append(reference.dof)
-    dof = float(np.median(dofs))
-    shape = "gaussian" if not np.isfinite(dof) else f"t dof {dof:.3g}"
+    updates, shapes = {}, []
+    for test, (model_column, p_column, _) in _tests_of(table).items():
+        z_model = np.asarray(table[model_column], dtype=np.float64)[ranked]
+        tested = np.isfinite(z_model)  # the line-list test: stars with line pixels
+        log_p = np.asarray(table[p_column], dtype=np.float64).copy()
+        dofs = []
+        for f in range(n_folds):
+            rest, this = tested & (fold != f), tested & (fold == f)
+            if rest.sum() < MIN_REFERENCE_STARS:
+                raise DataValidationError(
+                    f"a survey reference of the {test} test needs {MIN_REFERENCE_STARS} "
+                    f"stars per fold complement, got {int(rest.sum())}"
+                )
+            reference = fit_reference(z_model[rest], labels[rest], snr[rest], label_names)
+            log_p[ranked[this]] = reference.log_p_tail(z_model[this], labels[this], snr[this])
+            dofs.append(reference.dof)
+        updates[test] = log_p
+        dof = float(np.median(dofs))
+        shapes.append(f"p_{test} t dof {dof:.3g}" if np.isfinite(dof) else f"p_{test} gaussian")
     meta = (
         f"survey({n_folds}-fold cross-fitted reference over {ranked.size} ranked stars; "
-        f"labels + log10 S/N; upper tail {shape})"
+        f"labels + log10 S/N; upper tails {', '.join(shapes)})"
     )
-    return _with_log_p_tail(table, ranked, log_p, meta)
+    return _with_log_p(table, ranked, updates, meta)
 
 
 def _model_reference(trained: TrainedModel, required: bool) -> ReferenceCalibration | None:
@@ -806,12 +886,25 @@ def _label_rows(table: Table, names: Sequence[str], rows: np.ndarray) -> np.ndar
     return np.column_stack(columns) if columns else np.zeros((rows.size, 0))
 
 
-def _with_log_p_tail(table: Table, ranked: np.ndarray, log_p: np.ndarray, meta: str) -> Table:
-    """A re-ranked copy with the ranked stars' ``log_p_tail`` (and ``z``) replaced."""
+def _tests_of(table: Table) -> dict[str, tuple[str, str, str]]:
+    """The recalibrated tests a table carries: the whole spectrum, and the line list's."""
+    return {t: c for t, c in _TESTS.items() if t == "tail" or _has_lines(table)}
+
+
+def _with_log_p(
+    table: Table, ranked: np.ndarray, updates: dict[str, np.ndarray], meta: str
+) -> Table:
+    """A re-ranked copy with each updated test's log tail probability (and z) replaced.
+
+    ``updates`` maps a test of ``_TESTS`` ("tail", "lines") to its new natural-log tail
+    probabilities (all rows; only the ``ranked`` ones change).
+    """
     out = table.copy()
-    z_all = np.asarray(out["z"], dtype=np.float64).copy()
-    z_all[ranked] = -special.ndtri_exp(log_p[ranked])
-    out["z"], out["log_p_tail"] = z_all, log_p
+    for test, log_p in updates.items():
+        _, p_column, z_column = _TESTS[test]
+        z_all = np.asarray(out[z_column], dtype=np.float64).copy()
+        z_all[ranked] = -special.ndtri_exp(log_p[ranked])
+        out[z_column], out[p_column] = z_all, log_p
     out.meta["recalibration"] = meta
     return _rank(out, out.meta.get("rank_by", RANKINGS[0]))
 
@@ -838,11 +931,12 @@ def recalibrate_by_reference(table: Table, reference: ReferenceCalibration) -> T
     log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
     log_p[ranked] = reference.log_p_tail(z_model, labels, snr)
     shape = "gaussian" if not np.isfinite(reference.dof) else f"t dof {reference.dof:.3g}"
+    lines = "; line-list test under the model" if _has_lines(table) else ""
     meta = (
         f"reference({reference.n_stars} held-out stars; labels + log10 S/N, degree "
-        f"{reference.degree}; upper tail {shape})"
+        f"{reference.degree}; upper tail {shape}{lines})"
     )
-    return _with_log_p_tail(table, ranked, log_p, meta)
+    return _with_log_p(table, ranked, {"tail": log_p}, meta)
 
 
 @dataclass(frozen=True)
@@ -928,7 +1022,7 @@ def explain_stars(
         generator = torch.Generator(device=param.device).manual_seed(seed)
         band_mean, band_std = conditional_band(model, context, 1, generator=generator)
         expected = model_expectation(model, flux, ivar, context, expectation, generator)
-        residual, evidence, features = _explain(
+        residual, tests, features = _explain(
             chunk.flux, chunk.mask, expected, chunk.wavelength, profiles, resolution
         )
         out.append(
@@ -944,7 +1038,7 @@ def explain_stars(
                 spread=expected.spread[0],
                 residual=residual[0],
                 elements=() if profiles is None else profiles.elements,
-                evidence=evidence[0],
+                evidence=tests.evidence[0],
                 unexplained=features[0],
                 profiles=profiles,
                 model_terms=expected,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 from pathlib import Path
@@ -61,10 +62,12 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--rank-by",
-        choices=("combined", "omnibus"),
-        default="combined",
-        help="rank by p_combined: the whole spectrum or its strongest element, whichever is "
-        "more surprising (default), or by the whole-spectrum p_tail alone",
+        choices=("auto", "lines", "combined", "omnibus"),
+        default="auto",
+        help="rank by p_lines, the line list's joint test of the star's lines (lines), by "
+        "the whole spectrum's p_tail (omnibus), or by the most surprising of the two and "
+        "the strongest element (combined); auto (default): lines with a line list, else "
+        "omnibus",
     )
     parser.add_argument("--n-reference", type=int, default=16, help="reference draws (flows; 16)")
     parser.add_argument("--chunk-size", type=int, default=256, help="stars per chunk")
@@ -162,11 +165,14 @@ def run_outliers(args: argparse.Namespace) -> int:
         images = []
         for row, explanation in zip(top, explained, strict=True):
             name = _file_name(int(row["rank"]), str(row["star_id"]), width)
+            lines = (
+                f"; its lines 1 in {format_one_in(row['log_p_lines'])}"
+                if math.isfinite(float(row["log_p_lines"]))
+                else ""
+            )
             title = (
                 f"#{row['rank']} {row['star_id']}: 1 in {format_one_in(row['log_p_tail'])} "
-                f"(z = {row['z']:.1f}; with the strongest element 1 in "
-                f"{format_one_in(row['log_p_combined'])}); "
-                f"{row['element_summary'] or 'no line list'}"
+                f"(z = {row['z']:.1f}{lines}); {row['element_summary'] or 'no line list'}"
             )
             figure = plot_outlier_spectrum(explanation, row["top_element"] or None, title)
             figure.savefig(folder / "gallery" / name, dpi=100)
@@ -177,7 +183,7 @@ def run_outliers(args: argparse.Namespace) -> int:
     counts = table.meta["flag_counts"]
     print(
         f"ranked {counts['ranked']} of {len(table)} stars ({len(table) - counts['ranked']} "
-        f"flagged); top {len(top)} in {args.out / 'index.html'}; '1 in N' recalibrated: "
-        f"{table.meta['recalibration']}"
+        f"flagged), ranked by {table.meta['rank_by']}; top {len(top)} in "
+        f"{args.out / 'index.html'}; '1 in N' recalibrated: {table.meta['recalibration']}"
     )
     return 0

@@ -44,10 +44,11 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     """Histogram of the calibrated scores z of the ranked stars, top outliers marked.
 
     z is the standard-normal deviate of what ``rank`` orders by (``table.meta["rank_by"]``:
-    ``p_combined`` or ``p_tail``). For a calibrated model the inliers' z of ``p_tail``
-    follow N(0, 1) (drawn for comparison, scaled to the number of ranked stars); those of
-    ``p_combined``, an upper bound, lie to its left. The ``top_k`` highest-ranked stars are
-    marked and labelled.
+    ``p_lines``, ``p_tail`` or ``p_combined``). For a calibrated model the inliers' z of
+    ``p_lines`` and ``p_tail`` follow N(0, 1) (drawn for comparison, scaled to the number of
+    ranked stars); those of ``p_combined``, an upper bound, lie to its left. Stars at p = 1
+    (z = -inf) are counted, not drawn. The ``top_k`` highest-ranked stars are marked and
+    labelled.
 
     Args:
         table: the output of :func:`stellarflow.analysis.outliers.find_outliers`.
@@ -60,13 +61,13 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     ranked = table[table["flag"] == ""]
-    combined = table.meta.get("rank_by") == "combined" and "log_p_combined" in table.colnames
-    if combined:
-        log_p = np.asarray(ranked["log_p_combined"], dtype=np.float64)
-        # p_combined is capped at 1 (z = -inf): those stars are counted, not drawn
-        z_all = np.where(log_p < 0, -special.ndtri_exp(np.minimum(log_p, -1e-300)), -np.inf)
-    else:
-        z_all = np.asarray(ranked["z"], dtype=np.float64)
+    rank_by = table.meta.get("rank_by", "omnibus")
+    column = {"lines": "log_p_lines", "combined": "log_p_combined"}.get(rank_by, "log_p_tail")
+    if column not in table.colnames:
+        rank_by, column = "omnibus", "log_p_tail"
+    combined = rank_by == "combined"
+    log_p = np.asarray(ranked[column], dtype=np.float64)
+    z_all = np.where(log_p < 0, -special.ndtri_exp(np.minimum(log_p, -1e-300)), -np.inf)
     z = z_all[np.isfinite(z_all)]
     n_capped = int(np.sum(np.isneginf(z_all)))
     z = z[np.isfinite(z)]
@@ -81,12 +82,12 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
         bins=bins,
         color="0.55",
         label=f"{z.size} ranked stars"
-        + (f" ({n_capped} more at p_combined = 1, not drawn)" if n_capped else ""),
+        + (f" ({n_capped} more at {column[4:]} = 1, not drawn)" if n_capped else ""),
     )
     grid = np.linspace(bins[0], bins[-1], 400)
     expected = z_all.size * np.diff(bins).mean() * stats.norm.pdf(grid)
     reference = "N(0, 1): calibrated inliers" + (
-        " of p_tail (p_combined: to its left)" if combined else ""
+        " of each test (p_combined: to its left)" if combined else ""
     )
     ax.plot(grid, expected, "C0", lw=1.2, label=reference)
     ax.set_yscale("log")
@@ -108,7 +109,10 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
             va="top",
             color="C3",
         )
-    statistic = "p_combined, whole spectrum or strongest element" if combined else "p_tail"
+    statistic = {
+        "lines": "p_lines, the line list's joint test",
+        "combined": "p_combined, whole spectrum, line list or strongest element",
+    }.get(rank_by, "p_tail, the whole spectrum")
     ax.set_xlabel(f"z = Φ⁻¹(1 - p)  (calibrated improbability; p = {statistic})")
     ax.set_ylabel("stars")
     n_flagged = len(table) - len(ranked)
