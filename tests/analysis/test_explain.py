@@ -107,6 +107,18 @@ def test_a_joint_fit_shares_blended_lines() -> None:
     joint = element_evidence(*args, joint=True)
     assert np.all(single[:, 0] > 5) and np.median(single[:, 1]) > 3  # Nd claims the blend
     assert np.all(joint[:, 0] > 3) and abs(np.median(joint[:, 1])) < 1  # shared: Nd ~ 0
+    # the effect's size: Ce lines 20 / depth = 100x deeper in flux units of the noise, i.e.
+    # a fitted depth change of 20 (fractional), unbiased; Nd's about 0
+    tests = element_tests(*args, joint=True)
+    change = tests.depth_change
+    assert abs(np.mean(change[:, 0]) - 20.0) < 3 * change[:, 0].std() / np.sqrt(200)
+    assert abs(np.mean(change[:, 1])) < 3 * change[:, 1].std() / np.sqrt(200)
+    np.testing.assert_allclose(tests.evidence, joint)
+    # noise-free: exact
+    one = (-0.3 * profiles.profiles[:1] * depth[:1], np.ones_like(depth[:1]), depth[:1],
+           profiles, np.zeros_like(mask[:1]))  # fmt: skip
+    np.testing.assert_allclose(element_tests(*one).depth_change[0], [0.3, 0.0], atol=1e-9)
+    assert element_tests(*one, joint=False).depth_change[0, 0] == pytest.approx(0.3)
 
 
 def test_masked_pixels_carry_no_weight(profiles) -> None:

@@ -185,11 +185,16 @@ class ElementTests:
             :math:`\chi^2_{dof}` for spectra drawn from a Gaussian model; it does not
             depend on whether the amplitudes are fitted jointly or singly.
         dof: `(n_stars,)` int, elements with usable pixels.
+        depth_change: `(n_stars, n_elements)` the fitted fractional change of each
+            element's line depths against the expectation (+0.5: 50% deeper; the size of
+            the effect whose significance ``evidence`` gives); 0 for an element without
+            usable pixels.
     """
 
     evidence: np.ndarray
     chi2: np.ndarray
     dof: np.ndarray
+    depth_change: np.ndarray
 
 
 def element_evidence(*args: object, **kwargs: object) -> np.ndarray:
@@ -276,6 +281,7 @@ def element_tests(
     n_elements = g.shape[0]
     pairs = sparse.vstack([g.multiply(g[e]) for e in range(n_elements)]).tocsr()  # g_e g_f
     out = np.zeros((shape[0], n_elements))
+    change = np.zeros((shape[0], n_elements))
     chi2 = np.zeros(shape[0])
     dof = np.zeros(shape[0], dtype=np.int64)
     for start in range(0, shape[0], batch_size):
@@ -303,14 +309,14 @@ def element_tests(
             b = (g @ scaled).reshape(n_elements, n, k).transpose(1, 0, 2)  # (batch, E, k)
             extra = b @ latent_cov[rows] @ b.transpose(0, 2, 1)
         if given_fit:  # information matrix of the amplitudes, T^T C^-1 T
-            out[rows] = _z_scores(numerator, gram - extra, None, joint)
+            out[rows], change[rows] = _z_scores(numerator, gram - extra, None, joint)
             spread = gram - extra  # Cov[T^T D^-1 delta] = T^T C^-1 T
         else:  # covariance of the numerator, and T^T V^-1 T for the joint fit
             fisher = (pairs @ (w * w * v).T).T.reshape(n, n_elements, n_elements)
-            out[rows] = _z_scores(numerator, fisher, gram + extra, joint)
+            out[rows], change[rows] = _z_scores(numerator, fisher, gram + extra, joint)
             spread = gram + extra
         chi2[rows], dof[rows] = _joint_chi2(numerator, spread)
-    return ElementTests(out, chi2, dof)
+    return ElementTests(out, chi2, dof, change)
 
 
 def _joint_chi2(numerator: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +339,8 @@ def _joint_chi2(numerator: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarr
 
 def _z_scores(
     numerator: np.ndarray, information: np.ndarray, covariance: np.ndarray | None, joint: bool
-) -> np.ndarray:
-    r"""Signed evidence ``-amplitude / std`` per element (see :func:`element_evidence`).
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Signed evidence ``-amplitude / std`` and ``-amplitude`` per element (:func:`element_tests`).
 
     ``numerator`` `(n, E)` is :math:`T^T W \delta`; with ``covariance`` None the
     estimator is generalised least squares and ``information`` `(n, E, E)` is
@@ -349,7 +355,9 @@ def _z_scores(
         if not joint:
             var = diag if covariance is None else np.diagonal(covariance, axis1=1, axis2=2)
             good = active & (var > 0)
-            return np.where(good, -numerator / np.sqrt(np.where(good, var, 1.0)), 0.0)
+            amplitude = numerator / np.where(active, diag, 1.0)
+            z = -numerator / np.sqrt(np.where(good, var, 1.0))
+            return np.where(good, z, 0.0), np.where(good, -amplitude, 0.0)
         eye = np.eye(information.shape[1])
         ridge = information + eye * (1e-9 * scale[:, :, None]) + eye * (~active)[:, None, :]
         inverse = np.linalg.inv(ridge)
@@ -357,7 +365,8 @@ def _z_scores(
         cov = inverse if covariance is None else inverse @ covariance @ inverse
         var = np.diagonal(cov, axis1=1, axis2=2)
         good = active & (var > 0)
-        return np.where(good, -amplitude / np.sqrt(np.where(good, var, 1.0)), 0.0)
+        z = -amplitude / np.sqrt(np.where(good, var, 1.0))
+        return np.where(good, z, 0.0), np.where(good, -amplitude, 0.0)
 
 
 @dataclass(frozen=True)

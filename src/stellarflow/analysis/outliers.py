@@ -385,7 +385,8 @@ def _explain(
     residual = whitened_residual(flux, e.expected, e.spread, mask)
     n = len(flux)
     if profiles is None:
-        tests = ElementTests(np.zeros((n, 0)), np.zeros(n), np.zeros(n, dtype=np.int64))
+        none = np.zeros((n, 0))
+        tests = ElementTests(none, np.zeros(n), np.zeros(n, dtype=np.int64), none)
         lines = np.zeros(0)
     else:
         tests = element_tests(
