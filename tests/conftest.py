@@ -38,9 +38,13 @@ def dataset() -> SpectralDataset:
     return make_dataset()
 
 
-def train_on_mock(folder, mock, *, n_latent: int, epochs: int, batch_size: int):
+def train_on_mock(
+    folder, mock, *, n_latent: int, epochs: int, batch_size: int, from_file: bool = False
+):
     """Write ``mock`` (a MockConfig) to ``folder/mock.h5`` and train a factor-analysis model
-    on all of its stars (TEFF, LOGG, FE_H; CPU) into ``folder/model``; both paths."""
+    on all of its stars (TEFF, LOGG, FE_H; CPU) into ``folder/model``; both paths.
+    ``from_file``: train from the open survey file (as ``stellarflow train`` does: it sees
+    the survey's line list) instead of the spectra loaded into memory."""
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.mock import write_mock_survey
     from stellarflow.train.config import TrainConfig
@@ -57,5 +61,5 @@ def train_on_mock(folder, mock, *, n_latent: int, epochs: int, batch_size: int):
         device="cpu",
     )
     with open_survey(survey) as data:
-        train_model(data.load(), config, folder / "model")
+        train_model(data if from_file else data.load(), config, folder / "model")
     return survey, folder / "model"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from stellarflow.analysis.outliers import (
 from stellarflow.analysis.reference import (
     MIN_REFERENCE_STARS,
     REFERENCE_FILE,
+    REFERENCE_LINES_FILE,
     ReferenceCalibration,
     fit_reference,
     load_reference,
@@ -125,6 +127,9 @@ def test_file_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(
         again.log_p_tail(z, labels, snr), reference.log_p_tail(z, labels, snr)
     )
+    lines = replace(reference, linelist="0123456789abcdef")
+    assert save_reference(tmp_path, lines).name == REFERENCE_LINES_FILE
+    assert load_reference(tmp_path, lines=True) == lines and load_reference(tmp_path) == again
     gaussian = ReferenceCalibration.from_dict({**reference.to_dict(), "dof": None})
     assert not np.isfinite(gaussian.dof)
     (tmp_path / REFERENCE_FILE).write_text(json.dumps({"degree": 2}))
@@ -136,7 +141,12 @@ def test_file_round_trip(tmp_path) -> None:
 def trained(tmp_path_factory):
     mock = MockConfig(n_stars=2400, n_pixels=128, pixel_offset=5200, seed=9)
     survey, model = train_on_mock(
-        tmp_path_factory.mktemp("reference"), mock, n_latent=4, epochs=2, batch_size=128
+        tmp_path_factory.mktemp("reference"),
+        mock,
+        n_latent=4,
+        epochs=2,
+        batch_size=128,
+        from_file=True,
     )
     with open_survey(survey) as data:
         return load_model(model), data.load()
@@ -165,6 +175,32 @@ def test_training_writes_a_reference_that_outliers_use_by_default(trained) -> No
     # held-out normal stars (the mock has 0.5% outliers) are about standard normal now
     z = np.asarray(table["z"][:n])
     assert abs(np.median(z)) < 0.15 and 0.85 < stats.median_abs_deviation(z, scale="normal") < 1.2
+
+
+def test_training_writes_a_line_list_reference_for_the_same_test(trained, caplog) -> None:
+    model, data = trained
+    record = model.metadata["reference_calibration"]["lines"]
+    assert record["fitted"] and record["n_stars"] >= MIN_REFERENCE_STARS
+    lines = load_reference(model.path, lines=True)
+    assert lines.linelist == record["linelist"] and lines.n_stars == record["n_stars"]
+    with open_survey(model.path.parent / "mock.h5") as survey:
+        linelist = survey.read_table("linelist")
+    table = find_outliers(model, data[:1500], linelist=linelist)
+    assert f"line-list test: {lines.n_stars} held-out stars" in table.meta["recalibration"]
+    n = int(np.sum(table["flag"] == ""))
+    # about standard normal (these stars include the training stars: slightly low)
+    z = np.asarray(table["z_lines"][:n])
+    assert abs(np.median(z)) < 0.25 and 0.85 < stats.median_abs_deviation(z, scale="normal") < 1.2
+    # the default is exactly the two references applied to the model's scores
+    plain = find_outliers(model, data[:1500], linelist=linelist, recalibrate="none")
+    again = recalibrate_by_reference(plain, load_reference(model.path), lines)
+    by_id = dict(zip(table["star_id"], table["log_p_lines"], strict=True))
+    np.testing.assert_allclose([by_id[s] for s in again["star_id"]], again["log_p_lines"])
+    # another test (here another resolution) is not recalibrated by it
+    with caplog.at_level("INFO", logger="stellarflow.analysis.outliers"):
+        other = find_outliers(model, data[:300], linelist=linelist, resolution=15_000.0)
+    assert "line-list test under the model" in other.meta["recalibration"]
+    assert "fitted for another line list" in caplog.text
 
 
 def test_reference_mode_needs_the_file(trained, tmp_path) -> None:

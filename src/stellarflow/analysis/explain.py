@@ -39,6 +39,7 @@ resolution element (:math:`\lambda / R`, the FWHM) from every line of the line l
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ __all__ = [
     "element_profiles",
     "element_tests",
     "line_depth",
+    "line_test_fingerprint",
     "summarize_evidence",
     "unexplained_features",
     "whitened_residual",
@@ -134,6 +136,20 @@ def element_profiles(
     for lam, el, s, a, b in zip(centre, element, sigma, first, last, strict=True):
         profiles[row[el], a:b] += np.exp(-0.5 * ((wavelength[a:b] - lam) / s) ** 2)
     return ElementProfiles(elements, np.minimum(profiles, 1.0), centre, element, float(resolution))
+
+
+def line_test_fingerprint(profiles: ElementProfiles, expectation: str) -> str:
+    """A short hash of what the line-list test depends on besides the model and the star.
+
+    The lines on the grid (wavelengths to 1e-4 Å, elements), the resolution and the
+    expectation ("labels" or "latent_fit"): a reference fitted for one test must not
+    recalibrate another.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.round(profiles.line_wavelength, 4).tobytes())
+    digest.update("|".join(map(str, profiles.line_element)).encode())
+    digest.update(f"{profiles.resolution:.6g}|{expectation}".encode())
+    return digest.hexdigest()[:16]
 
 
 def whitened_residual(

@@ -58,11 +58,12 @@ Student-t upper tail): ``recalibrate="survey"`` cross-fits one on the ranked sta
 themselves (five folds, each against the other four: :func:`recalibrate_by_survey`),
 ``"reference"`` uses the one ``stellarflow train`` fits on its validation stars (works
 for a single star). ``"auto"`` (default) takes the survey reference from
-:data:`SURVEY_REFERENCE_MIN` ranked stars, else the model's, else none. The survey and
-neighbour recalibrations treat ``p_lines`` the same way (from ``z_lines_model``); the model
-directory's reference is fitted for ``p_tail`` only, so below that ``p_lines`` stays under
-the model (its normal stars' z: mean ~1, sd ~1.5 on the mocks: too many small ``p_lines``,
-still a good ranking but not a calibrated "1 in N"). At 7,514 pixels
+:data:`SURVEY_REFERENCE_MIN` ranked stars, else the model's, else none. All three treat
+``p_lines`` the same way (from ``z_lines_model``); ``stellarflow train`` fits the model
+directory's line-list reference when its survey has a line list, for the default test
+(that line list, R = 22,500, ``expectation="labels"``; another test is left under the
+model, where its normal stars' z has mean ~1 and sd ~1.5 on the mocks: too many small
+``p_lines``, still a good ranking but not calibrated). At 7,514 pixels
 (session 9: two mocks of 10,000 test stars with 43 and 92 injected outliers, factor
 analysis k = 16 by ECM) the survey reference takes the inliers' KS p from 2e-10 / 6e-5 to
 0.51 / 0.06 and precision at k from 0.77 / 0.82 to 0.91 / 0.92; the ~2,000-star
@@ -101,7 +102,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ from stellarflow.analysis.explain import (
     element_profiles,
     element_tests,
     line_depth,
+    line_test_fingerprint,
     summarize_evidence,
     unexplained_features,
     whitened_residual,
@@ -140,6 +142,7 @@ from stellarflow.data.dataset import ID_COLUMN, SpectralDataset, label_array
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import DataValidationError, LabelError
 from stellarflow.flows.distributions import DiagonalGaussianSpectra
+from stellarflow.train.batches import usable_rows
 from stellarflow.train.checkpoint import TrainedModel, check_compatible
 from stellarflow.train.distributed import Distributed
 
@@ -152,6 +155,7 @@ __all__ = [
     "conditional_band",
     "explain_stars",
     "find_outliers",
+    "line_test_scores",
     "model_expectation",
     "recalibrate_by_neighbours",
     "recalibrate_by_reference",
@@ -402,6 +406,60 @@ def _explain(
         lines = profiles.line_wavelength
     features = unexplained_features(residual, mask, wavelength, lines, resolution)
     return residual, tests, features
+
+
+def line_test_scores(
+    model: torch.nn.Module,
+    chunks: Iterable[SpectralDataset],
+    label_names: Sequence[str],
+    profiles: ElementProfiles,
+    *,
+    expectation: str = "labels",
+    min_good_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The line-list test's z under the model, the labels and the S/N of held-out stars.
+
+    What :func:`find_outliers` computes for ``z_lines_model``, for
+    :func:`~stellarflow.analysis.reference.fit_reference` (``stellarflow train`` fits the
+    line-list reference with it). Stars with a non-finite label, too few usable pixels or
+    no usable line pixel are left out.
+
+    Returns:
+        ``(z_lines, labels, snr)``.
+    """
+    zs, labels_out, snrs = [], [], []
+    param = next(model.parameters())
+    for number, chunk in enumerate(chunks):
+        labels = chunk.label_array(list(label_names))
+        keep = usable_rows(chunk, label_names, min_good_fraction)
+        if not keep.any():
+            continue
+        flux, ivar = (
+            torch.as_tensor(a[keep], dtype=param.dtype, device=param.device)
+            for a in (chunk.flux, chunk.ivar)
+        )
+        context = None
+        if label_names:
+            context = torch.as_tensor(labels[keep], dtype=param.dtype, device=param.device)
+        generator = torch.Generator(device=param.device).manual_seed(chunk_seed(seed, number))
+        expected = model_expectation(model, flux, ivar, context, expectation, generator)
+        _, tests, _ = _explain(
+            chunk.flux[keep],
+            chunk.mask[keep],
+            expected,
+            chunk.wavelength,
+            profiles,
+            profiles.resolution,
+        )
+        has_lines = tests.dof > 0
+        _, z = tail_from_chi2(tests.chi2, np.maximum(tests.dof, 1))
+        zs.append(z[has_lines])
+        labels_out.append(labels[keep][has_lines])
+        snrs.append(chunk.snr()[keep][has_lines])
+    if not zs:
+        return np.zeros(0), np.zeros((0, len(label_names))), np.zeros(0)
+    return np.concatenate(zs), np.concatenate(labels_out), np.concatenate(snrs)
 
 
 def _chunk_columns(
@@ -663,7 +721,8 @@ def find_outliers(
     elif recalibrate in ("auto", "reference"):
         reference = _model_reference(trained, required=recalibrate == "reference")
         if reference is not None:
-            table = recalibrate_by_reference(table, reference)
+            lines = _lines_reference(trained, profiles, expectation)
+            table = recalibrate_by_reference(table, reference, lines)
     methods = sorted({m for m in columns["_method"] if m})
     table.meta.update(
         calibration=methods[0] if len(methods) == 1 else ",".join(methods),
@@ -881,6 +940,25 @@ def _model_reference(trained: TrainedModel, required: bool) -> ReferenceCalibrat
     return reference
 
 
+def _lines_reference(
+    trained: TrainedModel, profiles: ElementProfiles | None, expectation: str
+) -> ReferenceCalibration | None:
+    """The model directory's line-list reference if it was fitted for this very test."""
+    if profiles is None:
+        return None
+    reference = load_reference(trained.path, lines=True)
+    if reference is None:
+        return None
+    if reference.linelist != line_test_fingerprint(profiles, expectation):
+        logger.info(
+            "p_lines stays under the model: %s's line-list reference was fitted for another "
+            "line list, resolution or expectation",
+            trained.path,
+        )
+        return None
+    return reference
+
+
 def _label_rows(table: Table, names: Sequence[str], rows: np.ndarray) -> np.ndarray:
     """`(rows.size, len(names))` float64 labels of the given rows (no names: no columns)."""
     columns = [np.asarray(table[name], dtype=np.float64)[rows] for name in names]
@@ -910,7 +988,9 @@ def _with_log_p(
     return _rank(out, out.meta.get("rank_by", RANKINGS[0]))
 
 
-def recalibrate_by_reference(table: Table, reference: ReferenceCalibration) -> Table:
+def recalibrate_by_reference(
+    table: Table, reference: ReferenceCalibration, lines: ReferenceCalibration | None = None
+) -> Table:
     """Recalibrate ``z`` and ``p_tail`` of the ranked stars against a held-out reference.
 
     Each ranked star's model z (``z_model``) is placed in the reference's distribution at
@@ -921,6 +1001,9 @@ def recalibrate_by_reference(table: Table, reference: ReferenceCalibration) -> T
     Args:
         table: the output of :func:`find_outliers` (any order).
         reference: from :func:`~stellarflow.analysis.reference.fit_reference` (same labels).
+        lines: a reference of the line-list test (``p_lines``, ``z_lines``) fitted the
+            same way for the same line list (``stellarflow train`` writes one when its
+            survey has a line list); None leaves ``p_lines`` under the model.
 
     Returns:
         A new table, re-ranked; ``meta["recalibration"]`` records the reference.
@@ -931,13 +1014,24 @@ def recalibrate_by_reference(table: Table, reference: ReferenceCalibration) -> T
     z_model = np.asarray(table["z_model"], dtype=np.float64)[ranked]
     log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
     log_p[ranked] = reference.log_p_tail(z_model, labels, snr)
+    updates = {"tail": log_p}
     shape = "gaussian" if not np.isfinite(reference.dof) else f"t dof {reference.dof:.3g}"
-    lines = "; line-list test under the model" if _has_lines(table) else ""
+    note = ""
+    if _has_lines(table) and lines is None:
+        note = "; line-list test under the model"
+    elif _has_lines(table) and lines is not None:
+        z_lines = np.asarray(table["z_lines_model"], dtype=np.float64)[ranked]
+        tested = np.isfinite(z_lines)
+        log_p_lines = np.asarray(table["log_p_lines"], dtype=np.float64).copy()
+        log_p_lines[ranked[tested]] = lines.log_p_tail(z_lines[tested], labels[tested], snr[tested])
+        updates["lines"] = log_p_lines
+        dof = "gaussian" if not np.isfinite(lines.dof) else f"t dof {lines.dof:.3g}"
+        note = f"; line-list test: {lines.n_stars} held-out stars, upper tail {dof}"
     meta = (
         f"reference({reference.n_stars} held-out stars; labels + log10 S/N, degree "
-        f"{reference.degree}; upper tail {shape}{lines})"
+        f"{reference.degree}; upper tail {shape}{note})"
     )
-    return _with_log_p(table, ranked, {"tail": log_p}, meta)
+    return _with_log_p(table, ranked, updates, meta)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,10 @@ of 2,000 ranked stars or more and this one below that (a single star, a small fi
 
 :func:`fit_reference` fits it from arrays; :func:`reference_scores` scores held-out stars
 with a model; ``stellarflow train`` fits one on its validation split and writes it to the
-model directory (:data:`REFERENCE_FILE`), where :func:`load_reference` finds it.
+model directory (:data:`REFERENCE_FILE`), where :func:`load_reference` finds it. The same
+for the line-list test (``p_lines``: :func:`~stellarflow.analysis.outliers.line_test_scores`,
+:data:`REFERENCE_LINES_FILE`, ``linelist`` = the fingerprint of the test) when the survey
+carries a line list.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from stellarflow.train.batches import usable_rows
 
 __all__ = [
     "REFERENCE_FILE",
+    "REFERENCE_LINES_FILE",
     "ReferenceCalibration",
     "coordinates",
     "fit_reference",
@@ -78,7 +82,10 @@ __all__ = [
 ]
 
 REFERENCE_FILE = "reference.json"
-"""File name of the reference calibration in a model directory."""
+"""File name of the whole-spectrum test's reference (``p_tail``) in a model directory."""
+
+REFERENCE_LINES_FILE = "reference_lines.json"
+"""File name of the line-list test's reference (``p_lines``) in a model directory."""
 
 MIN_REFERENCE_STARS = 200
 """Fewer held-out stars than this give no reference (the tail quantiles need them)."""
@@ -105,6 +112,10 @@ class ReferenceCalibration:
         n_stars: reference stars it was fitted on.
         tail_check: the reference stars' z' quantiles at 90, 95, 97.5, 99% and the
             fitted shape's, for the record.
+        linelist: for a reference of the line-list test (``p_lines``), the fingerprint of
+            the test it was fitted for (line list on the grid, resolution, expectation:
+            :func:`~stellarflow.analysis.explain.line_test_fingerprint`); "" for the
+            whole-spectrum test.
     """
 
     label_names: tuple[str, ...]
@@ -116,6 +127,7 @@ class ReferenceCalibration:
     dof: float
     n_stars: int
     tail_check: dict[str, list[float]]
+    linelist: str = ""
 
     def standardized(self, z: np.ndarray, labels: np.ndarray, snr: np.ndarray) -> np.ndarray:
         """z' of each star: its model z about the reference's location, in its scale.
@@ -160,6 +172,7 @@ class ReferenceCalibration:
                 dof=float("inf") if data["dof"] is None else float(data["dof"]),
                 n_stars=int(data["n_stars"]),
                 tail_check={k: list(v) for k, v in data["tail_check"].items()},
+                linelist=str(data.get("linelist", "")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise FileFormatError(f"not a reference calibration ({err!r})") from None
@@ -340,23 +353,30 @@ def reference_scores(
 
 
 def save_reference(directory: str | os.PathLike[str], reference: ReferenceCalibration) -> Path:
-    """Write the reference into a model directory (atomically); its path."""
+    """Write the reference into a model directory (atomically); its path.
+
+    A line-list test's reference (``reference.linelist`` set) goes to
+    :data:`REFERENCE_LINES_FILE`, the whole spectrum's to :data:`REFERENCE_FILE`.
+    """
     from stellarflow.train.checkpoint import write_json
 
-    path = Path(directory) / REFERENCE_FILE
+    name = REFERENCE_LINES_FILE if reference.linelist else REFERENCE_FILE
+    path = Path(directory) / name
     write_json(path, reference.to_dict())
     return path
 
 
-def load_reference(directory: str | os.PathLike[str]) -> ReferenceCalibration | None:
-    """The model directory's reference, or None if it has none.
+def load_reference(
+    directory: str | os.PathLike[str], lines: bool = False
+) -> ReferenceCalibration | None:
+    """The model directory's reference (of the line-list test if ``lines``), or None.
 
     Raises:
         FileFormatError: the file exists but is not a reference calibration.
     """
     from stellarflow.train.checkpoint import read_json
 
-    path = Path(directory) / REFERENCE_FILE
+    path = Path(directory) / (REFERENCE_LINES_FILE if lines else REFERENCE_FILE)
     if not path.is_file():
         return None
     return ReferenceCalibration.from_dict(read_json(path))

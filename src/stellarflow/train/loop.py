@@ -545,12 +545,14 @@ def _reference(
     """
     from stellarflow.analysis.reference import (
         REFERENCE_FILE,
+        REFERENCE_LINES_FILE,
         fit_reference,
         reference_scores,
         save_reference,
     )
 
-    (out / REFERENCE_FILE).unlink(missing_ok=True)  # a previous run's belongs to its model
+    for name in (REFERENCE_FILE, REFERENCE_LINES_FILE):  # a previous run's belong to its model
+        (out / name).unlink(missing_ok=True)
     if not getattr(model, "noise_aware", False) or not (out / "model.pt").is_file():
         return None
     model.load_state_dict(load_torch(out / "model.pt"))
@@ -567,12 +569,56 @@ def _reference(
         logger.info("no held-out reference for the outlier score: %s", err)
         return {"fitted": False, "reason": str(err)}
     save_reference(out, reference)
-    return {
+    record = {
         "fitted": True,
         "n_stars": reference.n_stars,
         "degree": reference.degree,
         "tail_dof": None if not np.isfinite(reference.dof) else reference.dof,
+        "lines": _lines_reference(model, out, source, val_blocks, config),
         "seconds": round(time.monotonic() - started, 1),
+    }
+    return record
+
+
+def _lines_reference(
+    model: torch.nn.Module,
+    out: Path,
+    source: SpectraSource | SpectralDataset,
+    val_blocks: np.ndarray,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """The line-list test's reference, when the survey carries a line list (``linelist``).
+
+    Fitted for :func:`~stellarflow.analysis.outliers.find_outliers`' defaults (the
+    survey's line list, R = 22,500, the label-conditional expectation); a run with other
+    settings leaves ``p_lines`` under the model below 2,000 stars.
+    """
+    from dataclasses import replace
+
+    from stellarflow.analysis.explain import element_profiles, line_test_fingerprint
+    from stellarflow.analysis.outliers import line_test_scores
+    from stellarflow.analysis.reference import fit_reference, save_reference
+
+    if "linelist" not in getattr(source, "table_names", []):
+        return {"fitted": False, "reason": "the survey has no line list"}
+    profiles = element_profiles(source.wavelength, source.read_table("linelist"))
+    if not profiles.elements:
+        return {"fitted": False, "reason": "no line of the line list is on the grid"}
+    chunks = (source.read(int(start), int(stop)) for start, stop in val_blocks)
+    try:
+        z, labels, snr = line_test_scores(model, chunks, config.label_names, profiles,
+                                          seed=config.seed)  # fmt: skip
+        reference = fit_reference(z, labels, snr, config.label_names)
+    except (DataValidationError, ValueError) as err:
+        logger.info("no held-out reference for the line-list test: %s", err)
+        return {"fitted": False, "reason": str(err)}
+    fingerprint = line_test_fingerprint(profiles, "labels")
+    save_reference(out, replace(reference, linelist=fingerprint))
+    return {
+        "fitted": True,
+        "n_stars": reference.n_stars,
+        "tail_dof": None if not np.isfinite(reference.dof) else reference.dof,
+        "linelist": fingerprint,
     }
 
 
