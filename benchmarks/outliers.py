@@ -26,9 +26,9 @@ the same run, for our ranking and the baselines:
 * Rankings by the line-list test ``p_lines`` (``find_outliers``' default with a line
   list), by ``p_combined`` and by the whole spectrum's ``p_tail``, each under the model,
   against the survey reference (the default for 2,000 or more stars), against the model
-  directory's validation-split reference (fitted here on the recomputed split for models
-  trained before references existed; it recalibrates ``p_tail`` only) and among
-  neighbours; the strongest element alone. The default is printed first.
+  directory's validation-split references (fitted here on the recomputed split for models
+  trained before them, as ``stellarflow train`` does) and among neighbours; the strongest
+  element alone. The default is printed first.
 * Calibration: Kolmogorov-Smirnov test of ``p_tail`` and of ``p_lines`` of the normal stars
   against U(0, 1) under each calibration, and the fractions of them beyond 1e-3, 1e-4, 1e-6.
 * Baselines: (a) Isolation Forest on PCA coefficients (only if scikit-learn is installed;
@@ -47,6 +47,7 @@ import argparse
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +57,16 @@ from astropy.table import Table
 from scipy import stats
 
 from stellarflow.analysis.calibrate import calibrate_log_prob
-from stellarflow.analysis.explain import element_evidence, line_depth
+from stellarflow.analysis.explain import (
+    element_evidence,
+    element_profiles,
+    line_depth,
+    line_test_fingerprint,
+)
 from stellarflow.analysis.outliers import (
     explain_stars,
     find_outliers,
+    line_test_scores,
     recalibrate_by_neighbours,
     recalibrate_by_reference,
     recalibrate_by_survey,
@@ -280,23 +287,33 @@ def main(argv: list[str] | None = None) -> int:
         trained, test, linelist=linelist, chunk_size=args.chunk_size, recalibrate="none"
     )
     timings["find_outliers"] = time.perf_counter() - started
+    config = trained.config
+    _, val_blocks = split_blocks(
+        args.n_train, config.block_size, config.validation_fraction, config.seed
+    )
     reference = load_reference(model_dir)
     if reference is None:  # a model trained before references: fit one on its validation split
         started = time.perf_counter()
-        config = trained.config
-        _, val_blocks = split_blocks(
-            args.n_train, config.block_size, config.validation_fraction, config.seed
-        )
         chunks = (train_set.read(int(a), int(b)) for a, b in val_blocks)
         reference = fit_reference(
             *reference_scores(trained.model, chunks, LABELS, seed=args.seed), LABELS
         )
         timings["reference (validation split)"] = time.perf_counter() - started
-    print(
-        f"reference: {reference.n_stars} held-out stars, degree {reference.degree}, upper-tail "
-        f"dof {reference.dof:.3g}; z' quantiles {reference.tail_check}"
-    )
-    by_reference = recalibrate_by_reference(table, reference)
+    profiles = element_profiles(test.wavelength, linelist)
+    fingerprint = line_test_fingerprint(profiles, "labels")
+    lines_reference = load_reference(model_dir, lines=True)
+    if lines_reference is None or lines_reference.linelist != fingerprint:  # as train does
+        started = time.perf_counter()
+        chunks = (train_set.read(int(a), int(b)) for a, b in val_blocks)
+        scores = line_test_scores(trained.model, chunks, LABELS, profiles, seed=args.seed)
+        lines_reference = replace(fit_reference(*scores, LABELS), linelist=fingerprint)
+        timings["line-list reference (validation split)"] = time.perf_counter() - started
+    for title, r in (("reference", reference), ("line-list reference", lines_reference)):
+        print(
+            f"{title}: {r.n_stars} held-out stars, degree {r.degree}, upper-tail dof "
+            f"{r.dof:.3g}; z' quantiles {r.tail_check}"
+        )
+    by_reference = recalibrate_by_reference(table, reference, lines_reference)
     # what find_outliers(seed=args.seed) does by default ("auto") from 2,000 ranked stars
     by_survey = recalibrate_by_survey(table, LABELS, seed=args.seed)
     print(f"default recalibration: {by_survey.meta['recalibration']}")
