@@ -242,8 +242,9 @@ def gallery_html(
     Returns:
         The HTML text.
     """
-    columns = ("rank", "star_id", "one_in", "z", "top_element", "top_element_direction",
-               "element_summary", "n_unexplained")  # fmt: skip
+    columns = ("rank", "star_id", "one_in", "z", "z_lines", "top_element",
+               "top_element_direction", "element_summary", "n_unexplained")  # fmt: skip
+    columns = tuple(c for c in columns if c in table.colnames)
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     rows = []
@@ -255,7 +256,7 @@ def gallery_html(
                 text = f'<a href="#{esc(str(value))}">{esc(str(value))}</a>'
             elif name == "one_in":
                 text = esc(format_one_in(row["log_p_tail"]))
-            elif name == "z":
+            elif name in ("z", "z_lines"):
                 text = esc(f"{value:.2f}")
             else:
                 text = esc(str(value))
@@ -268,7 +269,8 @@ def gallery_html(
     )
     meta = table.meta
     note = (
-        f"{len(table)} stars; calibration {esc(str(meta.get('calibration', '')))}; "
+        f"{len(table)} stars, ranked by {esc(str(meta.get('rank_by', 'omnibus')))}; "
+        f"calibration {esc(str(meta.get('calibration', '')))}; "
         f"'1 in N' recalibrated: {esc(str(meta.get('recalibration', 'none')))}; "
         f"expectation {esc(str(meta.get('expectation', '')))}; model "
         f"{esc(str(meta.get('model', '')))}"

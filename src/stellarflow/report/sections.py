@@ -24,7 +24,8 @@ __all__ = ["RunContents", "Section", "truth_table"]
 Section = tuple[str, str, str]
 """``(anchor, title, html)`` of one report section."""
 
-_OUTLIER_COLUMNS = ("rank", "star_id", "one_in", "p_tail", "p_combined", "z", "snr", "supported",
+_OUTLIER_COLUMNS = ("rank", "star_id", "one_in", "p_tail", "p_lines", "p_combined", "z", "snr",
+                    "supported",
                     "flag",
                     "top_element", "top_element_direction", "element_summary",
                     "n_unexplained")  # fmt: skip
