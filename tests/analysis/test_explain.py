@@ -101,11 +101,15 @@ def test_a_joint_fit_shares_blended_lines() -> None:
     profiles = element_profiles(WAVELENGTH, lines, resolution=R)
     assert profiles.elements == ("Ce", "Nd")
     residual, depth, mask = _stars(200, seed=6)
-    residual -= 20.0 * profiles.profiles[0] * depth  # Ce lines deeper by up to 4 sigma
+    # Ce lines deeper by up to 4 sigma: at the blend, by Ce's share of its depth
+    g = profiles.profiles
+    ce_template = g[0] * g[0] / np.where(g.sum(0) > 0, g.sum(0), 1.0)
+    assert 0.3 < ce_template.max() / g[0].max() <= 1.0
+    residual -= 20.0 * ce_template * depth
     args = (residual, np.ones_like(depth), depth, profiles, mask)
     single = element_evidence(*args, joint=False)
     joint = element_evidence(*args, joint=True)
-    assert np.all(single[:, 0] > 5) and np.median(single[:, 1]) > 3  # Nd claims the blend
+    assert np.all(single[:, 0] > 5) and np.median(single[:, 1]) > 2  # Nd claims the blend
     assert np.all(joint[:, 0] > 3) and abs(np.median(joint[:, 1])) < 1  # shared: Nd ~ 0
     # the effect's size: Ce lines 20 / depth = 100x deeper in flux units of the noise, i.e.
     # a fitted depth change of 20 (fractional), unbiased; Nd's about 0
@@ -115,7 +119,7 @@ def test_a_joint_fit_shares_blended_lines() -> None:
     assert abs(np.mean(change[:, 1])) < 3 * change[:, 1].std() / np.sqrt(200)
     np.testing.assert_allclose(tests.evidence, joint)
     # noise-free: exact
-    one = (-0.3 * profiles.profiles[:1] * depth[:1], np.ones_like(depth[:1]), depth[:1],
+    one = (-0.3 * ce_template[None] * depth[:1], np.ones_like(depth[:1]), depth[:1],
            profiles, np.zeros_like(mask[:1]))  # fmt: skip
     np.testing.assert_allclose(element_tests(*one).depth_change[0], [0.3, 0.0], atol=1e-9)
     assert element_tests(*one, joint=False).depth_change[0, 0] == pytest.approx(0.3)
