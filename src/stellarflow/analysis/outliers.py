@@ -177,7 +177,8 @@ SURVEY_REFERENCE_MIN = 2000
 """Ranked stars from which ``recalibrate="auto"`` cross-fits the reference on the survey."""
 
 RANKINGS = ("auto", "lines", "combined", "omnibus")
-"""What ``rank`` orders by: ``p_combined`` (default) or ``p_tail`` alone."""
+"""What ``rank`` orders by: ``p_lines``, ``p_combined`` or ``p_tail`` ("auto": ``p_lines``
+with a line list, else ``p_tail``)."""
 
 _MAX_UNEXPLAINED_LISTED = 5
 
