@@ -813,7 +813,7 @@ def _rank(table: Table, rank_by: str) -> Table:
 def recalibrate_by_neighbours(
     table: Table, label_names: Sequence[str], n_neighbours: int = 100
 ) -> Table:
-    r"""Empirical recalibration of ``z`` among survey stars with similar labels and S/N.
+    r"""Empirical recalibration of ``z`` (and ``z_lines``) among survey stars like each one.
 
     The model's calibration is exact only if the model is right; where it misfits a region
     of label space (the metal-poor tail, the coolest giants) every star there looks
@@ -876,7 +876,9 @@ def recalibrate_by_survey(
     measured against a reference that contains it. Like :func:`recalibrate_by_neighbours`
     an empirical null among survey stars of similar labels and S/N, but smooth (location,
     scale and tail fitted on thousands of stars instead of 100 neighbours each); below
-    ~1/(number of stars) ``p_tail`` is an extrapolation of the fitted Student-t tail.
+    ~1/(number of stars) ``p_tail`` is an extrapolation of the fitted Student-t tail. The
+    line-list test (``z_lines_model`` -> ``p_lines``, ``z_lines``) is recalibrated the same
+    way, with its own references, when the table has it.
 
     Args:
         table: the output of :func:`find_outliers` (any order).
