@@ -28,7 +28,7 @@ template takes its profile's share of the blend's depth, not all of it). Without
 (session 9 and before) an element whose lines sit in another's blends was fitted the
 difference: N-rich/C-poor mock stars, whose CN lines deepen, came out V- or Cr-*depleted*
 at up to -17 sigma; with it those depletions are gone and the top element is one the kind
-shifts for 93-100% of the injected stars against 87-95% (session 10, four mocks at 7,514
+shifts for 91-100% of the injected stars against 87-95% (session 10, four mocks at 7,514
 pixels; BENCHMARKS.md). The
 evidence (:func:`element_evidence`) is the z-score of the template's amplitude in the
 residual under the model's covariance (latent factors included), N(0, 1) for spectra drawn
