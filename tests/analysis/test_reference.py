@@ -203,6 +203,29 @@ def test_training_writes_a_line_list_reference_for_the_same_test(trained, caplog
     assert "fitted for another line list" in caplog.text
 
 
+def test_a_bad_line_list_does_not_fail_training(trained, tmp_path) -> None:
+    from astropy.table import Table
+
+    from stellarflow.io.hdf5 import SurveyWriter
+    from stellarflow.train.config import TrainConfig
+    from stellarflow.train.loop import train_model
+
+    _, data = trained
+    survey = tmp_path / "bad_linelist.h5"
+    with SurveyWriter(survey, data.wavelength) as writer:
+        writer.append(data)
+        writer.add_table("linelist", Table({"wavelength": [16_000.0]}))  # no element column
+    config = TrainConfig(label_names=("TEFF", "LOGG", "FE_H"), model="factor_analysis",
+                         model_options={"n_latent": 2}, epochs=1, batch_size=256,
+                         device="cpu")  # fmt: skip
+    with open_survey(survey) as source:
+        train_model(source, config, tmp_path / "model")
+    record = load_model(tmp_path / "model").metadata["reference_calibration"]
+    assert record["fitted"] and not record["lines"]["fitted"]
+    assert "element" in record["lines"]["reason"]
+    assert load_reference(tmp_path / "model", lines=True) is None
+
+
 def test_reference_mode_needs_the_file(trained, tmp_path) -> None:
     model, data = trained
     (tmp_path / "m").mkdir()

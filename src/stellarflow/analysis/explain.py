@@ -221,9 +221,24 @@ class ElementTests:
     depth_change: np.ndarray
 
 
-def element_evidence(*args: object, **kwargs: object) -> np.ndarray:
-    """Per-element z-scores: :attr:`ElementTests.evidence` of :func:`element_tests`."""
-    return element_tests(*args, **kwargs).evidence  # type: ignore[arg-type]
+def element_evidence(
+    delta: np.ndarray,
+    variance: np.ndarray,
+    depth: np.ndarray,
+    profiles: ElementProfiles,
+    mask: np.ndarray,
+    loading: np.ndarray | None = None,
+    latent_cov: np.ndarray | None = None,
+    *,
+    given_fit: bool = True,
+    joint: bool = True,
+) -> np.ndarray:
+    """Per-element z-scores: :attr:`ElementTests.evidence` of :func:`element_tests` (same
+    arguments)."""
+    return element_tests(
+        delta, variance, depth, profiles, mask, loading, latent_cov,
+        given_fit=given_fit, joint=joint,
+    ).evidence  # fmt: skip
 
 
 def element_tests(

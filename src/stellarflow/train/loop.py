@@ -569,7 +569,7 @@ def _reference(
         logger.info("no held-out reference for the outlier score: %s", err)
         return {"fitted": False, "reason": str(err)}
     save_reference(out, reference)
-    record = {
+    return {
         "fitted": True,
         "n_stars": reference.n_stars,
         "degree": reference.degree,
@@ -577,7 +577,6 @@ def _reference(
         "lines": _lines_reference(model, out, source, val_blocks, config),
         "seconds": round(time.monotonic() - started, 1),
     }
-    return record
 
 
 def _lines_reference(
@@ -601,15 +600,15 @@ def _lines_reference(
 
     if "linelist" not in getattr(source, "table_names", []):
         return {"fitted": False, "reason": "the survey has no line list"}
-    profiles = element_profiles(source.wavelength, source.read_table("linelist"))
-    if not profiles.elements:
-        return {"fitted": False, "reason": "no line of the line list is on the grid"}
     chunks = (source.read(int(start), int(stop)) for start, stop in val_blocks)
-    try:
+    try:  # the model is saved already: a bad line list must not fail the training run
+        profiles = element_profiles(source.wavelength, source.read_table("linelist"))
+        if not profiles.elements:
+            return {"fitted": False, "reason": "no line of the line list is on the grid"}
         z, labels, snr = line_test_scores(model, chunks, config.label_names, profiles,
                                           seed=config.seed)  # fmt: skip
         reference = fit_reference(z, labels, snr, config.label_names)
-    except (DataValidationError, ValueError) as err:
+    except (StellarflowError, ValueError) as err:
         logger.info("no held-out reference for the line-list test: %s", err)
         return {"fitted": False, "reason": str(err)}
     fingerprint = line_test_fingerprint(profiles, "labels")
