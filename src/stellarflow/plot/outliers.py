@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import special, stats
 
-from stellarflow.analysis.outliers import StarExplanation
+from stellarflow.analysis.outliers import RANK_COLUMNS, StarExplanation
 
 __all__ = ["format_one_in", "gallery_html", "plot_outlier_spectrum", "plot_score_distribution"]
 
@@ -62,7 +62,7 @@ def plot_score_distribution(table: Table, top_k: int = 12, ax: Axes | None = Non
         _, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     ranked = table[table["flag"] == ""]
     rank_by = table.meta.get("rank_by", "omnibus")
-    column = {"lines": "log_p_lines", "combined": "log_p_combined"}.get(rank_by, "log_p_tail")
+    column = RANK_COLUMNS.get(rank_by, "log_p_tail")
     if column not in table.colnames:
         rank_by, column = "omnibus", "log_p_tail"
     combined = rank_by == "combined"
