@@ -253,6 +253,29 @@ def test_joint_chi2_is_chi2_distributed_and_exact() -> None:
     assert np.median(along.chi2[::2]) < np.median(shifted.chi2[::2]) / 2
 
 
+def test_joint_chi2_drops_a_template_the_latent_fit_absorbs() -> None:
+    """Conditional tests: a latent direction along one element's template leaves it
+    (almost) no information; the chi2 must stay finite and count one element less."""
+    from scipy import stats
+
+    wave = WAVELENGTH[:400]
+    profiles = element_profiles(wave, _linelist(), resolution=R)  # Ce, Fe, N
+    rng, loading, variance = _gaussian_factor_model(wave.size, 2, seed=8)
+    depth = np.full((1, wave.size), 0.3)
+    loading[:, 0] = 1e4 * profiles.profiles[0] * depth[0]  # the Ce template, huge prior
+    n_stars = 2000
+    z = rng.standard_normal((n_stars, 2))
+    x = z @ loading.T + rng.standard_normal((n_stars, wave.size)) * np.sqrt(variance)
+    observed = np.ones(wave.size, dtype=bool)
+    mean_z, cov_z = _latent_fit(x.T, loading, variance, observed)
+    delta = x - (loading @ mean_z).T
+    cov = np.broadcast_to(cov_z, (n_stars, 2, 2))
+    tests = element_tests(delta, variance[None], np.broadcast_to(depth, x.shape), profiles,
+                          np.zeros_like(x, dtype=bool), loading, cov)  # fmt: skip
+    assert np.all(np.isfinite(tests.chi2)) and set(tests.dof) == {2}
+    assert stats.kstest(tests.chi2, stats.chi2(2).cdf).pvalue > 1e-3
+
+
 def test_line_depth_is_clipped() -> None:
     depth = line_depth(np.array([[1.2, 1.0, 0.7, -0.5]]), floor=0.01)
     np.testing.assert_allclose(depth, [[0.01, 0.01, 0.3, 1.0]])

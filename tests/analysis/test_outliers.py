@@ -146,6 +146,7 @@ def test_garbage_at_masked_pixels_changes_nothing(setup) -> None:
     for name in ("star_id", "flag", "top_element", "element_summary", "n_unexplained"):
         assert list(result[name]) == list(table[name])
     np.testing.assert_array_equal(result["log_p_tail"], table["log_p_tail"])
+    np.testing.assert_array_equal(result["log_p_lines"], table["log_p_lines"])
 
 
 def test_unexplained_feature_is_reported(setup) -> None:

@@ -366,21 +366,21 @@ def _shared(profiles: np.ndarray) -> np.ndarray:
 
 
 def _joint_chi2(numerator: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:math:`n^T \\Sigma^{-1} n` over each star's elements with usable pixels, and their number.
+    """:math:`n^T \\Sigma^{+} n` and the rank of :math:`\\Sigma`, per star.
 
-    ``numerator`` `(n, E)`; ``covariance`` `(n, E, E)` its covariance under the model.
+    ``numerator`` `(n, E)`; ``covariance`` `(n, E, E)` its covariance under the model. The
+    pseudo-inverse over the eigenvalues above 1e-9 of the largest: directions the model
+    has (almost) no variance in (an element without usable pixels, or one whose template
+    the star's latent fit absorbs, where ``T^T C^-1 T`` is a difference of nearly equal
+    terms) are not tests, and the dof counts the rest.
     """
-    diag = np.diagonal(covariance, axis1=1, axis2=2)
-    scale = np.maximum(diag.max(axis=1, keepdims=True), 1e-300)
-    active = diag > 1e-9 * scale
-    both = active[:, :, None] & active[:, None, :]
-    eye = np.eye(covariance.shape[1])
-    sigma = np.where(both, covariance, 0.0) + eye * (~active)[:, None, :]
-    sigma = sigma + eye * (1e-12 * scale[:, :, None])  # round-off only: keeps Cholesky alive
-    value = np.where(active, numerator, 0.0)
-    factor = np.linalg.cholesky(sigma)
-    white = np.linalg.solve(factor, value[:, :, None])[..., 0]
-    return (white**2).sum(axis=1), active.sum(axis=1)
+    sym = 0.5 * (covariance + np.swapaxes(covariance, 1, 2))
+    values, vectors = np.linalg.eigh(sym)
+    top = np.maximum(values[:, -1:], 1e-300)
+    keep = values > 1e-9 * top
+    projected = np.einsum("sef,se->sf", vectors, numerator)
+    chi2 = np.where(keep, projected**2 / np.where(keep, values, 1.0), 0.0).sum(axis=1)
+    return chi2, keep.sum(axis=1)
 
 
 def _z_scores(
