@@ -58,8 +58,8 @@ from scipy import stats
 
 from stellarflow.analysis.calibrate import calibrate_log_prob
 from stellarflow.analysis.explain import (
-    element_evidence,
     element_profiles,
+    element_tests,
     line_depth,
     line_test_fingerprint,
 )
@@ -170,7 +170,7 @@ def explanation_variants(trained, test, caught, linelist) -> dict[str, list[tupl
     Residual from the star's latent fit (conditional evidence) or from the label-conditional
     mean (marginal evidence), each element's template fitted alone or all jointly, and, for
     comparison, an independent-pixel filter that ignores the latent factors
-    (:func:`stellarflow.analysis.explain.element_evidence`).
+    (:func:`stellarflow.analysis.explain.element_tests`).
     """
     out: dict[str, list[tuple]] = {}
     names = {"latent_fit": "conditional", "labels": "marginal"}
@@ -183,11 +183,12 @@ def explanation_variants(trained, test, caught, linelist) -> dict[str, list[tupl
                 m = e.model_terms
                 args = ((e.flux - e.expected)[None], m.variance, line_depth(m.expected),
                         e.profiles, e.mask[None])  # fmt: skip
-                evidence = element_evidence(*args, m.loading, m.latent_cov,
-                                            given_fit=m.given_fit, joint=joint)[0]  # fmt: skip
+                tests = element_tests(*args, m.loading, m.latent_cov, given_fit=m.given_fit,
+                                      joint=joint)  # fmt: skip
+                evidence = tests.evidence[0]
                 picked.append(_top(e.star_id, e.elements, evidence))
                 args = (args[0], (e.spread**2)[None], *args[2:])
-                evidence = element_evidence(*args, joint=joint)[0]
+                evidence = element_tests(*args, joint=joint).evidence[0]
                 naive.append(_top(e.star_id, e.elements, evidence))
             fit = "joint" if joint else "single"
             out[f"{names[expectation]}, {fit}"] = picked

@@ -8,7 +8,6 @@ from astropy.table import Table
 
 from stellarflow.analysis.explain import (
     FWHM_PER_SIGMA,
-    element_evidence,
     element_profiles,
     element_tests,
     line_depth,
@@ -75,7 +74,7 @@ def _stars(n_stars: int, seed: int):
 
 def test_evidence_is_a_z_score_for_pure_noise(profiles) -> None:
     residual, depth, mask = _stars(3000, seed=1)
-    evidence = element_evidence(residual, np.ones_like(depth), depth, profiles, mask)
+    evidence = element_tests(residual, np.ones_like(depth), depth, profiles, mask).evidence
     assert evidence.shape == (3000, 3)
     np.testing.assert_allclose(evidence.mean(0), 0.0, atol=0.08)
     np.testing.assert_allclose(evidence.std(0), 1.0, atol=0.06)
@@ -86,7 +85,7 @@ def test_deeper_lines_mean_enhanced(profiles, sign, direction) -> None:
     residual, depth, mask = _stars(4, seed=2)
     ce = profiles.profiles[profiles.elements.index("Ce")]
     residual += sign * 6.0 * ce  # lines deeper (negative residual) or shallower
-    evidence = element_evidence(residual, np.ones_like(depth), depth, profiles, mask)
+    evidence = element_tests(residual, np.ones_like(depth), depth, profiles, mask).evidence
     summary = summarize_evidence(evidence, profiles.elements)
     assert list(summary.top_element) == ["Ce"] * 4
     assert list(summary.direction) == [direction] * 4
@@ -107,8 +106,8 @@ def test_a_joint_fit_shares_blended_lines() -> None:
     assert 0.3 < ce_template.max() / g[0].max() <= 1.0
     residual -= 20.0 * ce_template * depth
     args = (residual, np.ones_like(depth), depth, profiles, mask)
-    single = element_evidence(*args, joint=False)
-    joint = element_evidence(*args, joint=True)
+    single = element_tests(*args, joint=False).evidence
+    joint = element_tests(*args, joint=True).evidence
     assert np.all(single[:, 0] > 5) and np.median(single[:, 1]) > 2  # Nd claims the blend
     assert np.all(joint[:, 0] > 3) and abs(np.median(joint[:, 1])) < 1  # shared: Nd ~ 0
     # the effect's size: Ce lines 20 / depth = 100x deeper in flux units of the noise, i.e.
@@ -131,8 +130,8 @@ def test_masked_pixels_carry_no_weight(profiles) -> None:
     garbage[mask] = 1e6
     variance = np.where(mask, 0.0, 1.0 + residual**2)
     np.testing.assert_array_equal(
-        element_evidence(residual, variance, depth, profiles, mask),
-        element_evidence(garbage, variance, depth, profiles, mask),
+        element_tests(residual, variance, depth, profiles, mask).evidence,
+        element_tests(garbage, variance, depth, profiles, mask).evidence,
     )
     flux = np.where(mask, np.nan, 1.0 + residual)
     white = whitened_residual(flux, np.ones_like(flux), np.ones_like(flux), mask)
@@ -164,7 +163,7 @@ def test_evidence_is_the_gls_z_score_under_the_full_covariance() -> None:
     x = rng.multivariate_normal(np.zeros(wave.size), np.diag(variance) + loading @ loading.T)
     mean_z, cov_z = _latent_fit(x, loading, variance, observed)
     delta = (x - loading @ mean_z)[None]
-    got = element_evidence(delta, variance[None], depth, profiles, mask, loading, cov_z[None])
+    got = element_tests(delta, variance[None], depth, profiles, mask, loading, cov_z[None]).evidence
     # dense generalised least squares over the observed pixels
     c = (np.diag(variance) + loading @ loading.T)[np.ix_(observed, observed)]
     t = (profiles.profiles[0] * depth[0])[observed]
@@ -188,17 +187,17 @@ def test_gls_evidence_is_standard_normal_when_the_latent_fit_absorbs_lines() -> 
     depth = np.full_like(x, 0.3)
     mask = np.zeros_like(x, dtype=bool)
     cov = np.broadcast_to(cov_z, (n_stars, 2, 2))
-    gls = element_evidence(delta, variance[None], depth, profiles, mask, loading, cov)[:, 0]
-    naive = element_evidence(delta, variance[None], depth, profiles, mask)[:, 0]
+    gls = element_tests(delta, variance[None], depth, profiles, mask, loading, cov).evidence[:, 0]
+    naive = element_tests(delta, variance[None], depth, profiles, mask).evidence[:, 0]
     assert abs(gls.mean()) < 0.08 and abs(gls.std() - 1) < 0.05
     assert naive.std() < 0.8  # ignoring what the fit absorbed understates the evidence
     # marginal evidence against the label-conditional mean (here 0), prior Cov[z | c] = I
     prior = np.broadcast_to(np.eye(2), (n_stars, 2, 2))
-    marginal = element_evidence(x, variance, depth, profiles, mask, loading, prior,
-                                given_fit=False)[:, 0]  # fmt: skip
+    marginal = element_tests(x, variance, depth, profiles, mask, loading, prior,
+                             given_fit=False).evidence[:, 0]  # fmt: skip
     assert abs(marginal.mean()) < 0.08 and abs(marginal.std() - 1) < 0.05
     total = variance + (loading**2).sum(1)
-    diagonal = element_evidence(x, total, depth, profiles, mask)[:, 0]
+    diagonal = element_tests(x, total, depth, profiles, mask).evidence[:, 0]
     assert diagonal.std() > 1.5  # correlated lines inflate an independent-pixel filter
 
 

@@ -30,7 +30,7 @@ difference: N-rich/C-poor mock stars, whose CN lines deepen, came out V- or Cr-*
 at up to -17 sigma; with it those depletions are gone and the top element is one the kind
 shifts for 91-100% of the injected stars against 87-95% (session 10, four mocks at 7,514
 pixels; BENCHMARKS.md). The
-evidence (:func:`element_evidence`) is the z-score of the template's amplitude in the
+evidence (:func:`element_tests`) is the z-score of the template's amplitude in the
 residual under the model's covariance (latent factors included), N(0, 1) for spectra drawn
 from the model: *marginal* (against stars with the same labels) or *conditional* (given the
 rest of the star's spectrum). Positive evidence = lines deeper than expected =
@@ -62,7 +62,6 @@ __all__ = [
     "ElementProfiles",
     "ElementTests",
     "EvidenceSummary",
-    "element_evidence",
     "element_profiles",
     "element_tests",
     "line_depth",
@@ -219,26 +218,6 @@ class ElementTests:
     chi2: np.ndarray
     dof: np.ndarray
     depth_change: np.ndarray
-
-
-def element_evidence(
-    delta: np.ndarray,
-    variance: np.ndarray,
-    depth: np.ndarray,
-    profiles: ElementProfiles,
-    mask: np.ndarray,
-    loading: np.ndarray | None = None,
-    latent_cov: np.ndarray | None = None,
-    *,
-    given_fit: bool = True,
-    joint: bool = True,
-) -> np.ndarray:
-    """Per-element z-scores: :attr:`ElementTests.evidence` of :func:`element_tests` (same
-    arguments)."""
-    return element_tests(
-        delta, variance, depth, profiles, mask, loading, latent_cov,
-        given_fit=given_fit, joint=joint,
-    ).evidence  # fmt: skip
 
 
 def element_tests(
@@ -438,7 +417,7 @@ def summarize_evidence(
     """Top element, its direction and a compact text summary per star.
 
     Args:
-        evidence: `(n_stars, n_elements)` from :func:`element_evidence`.
+        evidence: `(n_stars, n_elements)` ``.evidence`` of :func:`element_tests`.
         elements: the column names (element symbols).
         n_top: elements listed in the summary.
 

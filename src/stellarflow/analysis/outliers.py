@@ -82,7 +82,7 @@ correlated variation included, so it is a z-score). ``"latent_fit"`` compares it
 star's own fit :math:`m + s(\mu + W E[z | x])`: the evidence is *conditional*, "given the
 rest of this spectrum" (generalised least squares; identical to the label-conditional GLS
 for a Gaussian prior). All element templates are fitted jointly, so a blend is shared between
-the elements whose lines make it (:func:`~stellarflow.analysis.explain.element_evidence`).
+the elements whose lines make it (:func:`~stellarflow.analysis.explain.element_tests`).
 The top element was an injected element (the kind's largest shift, or within 2/3 of it) for
 56% of all 43 injected stars with marginal-joint evidence against 49% conditional, and an
 element the kind shifts by >= 0.1 dex for 74% against 70%. Both put Ce, Nd and Na stars
@@ -256,7 +256,7 @@ class Expectation:
             (labels), with ``loading``; else None.
         given_fit: True when ``expected`` is the latent fit (conditional evidence), False
             for the label-conditional mean (marginal evidence); see
-            :func:`~stellarflow.analysis.explain.element_evidence`.
+            :func:`~stellarflow.analysis.explain.element_tests`.
     """
 
     expected: np.ndarray
