@@ -136,6 +136,7 @@ from stellarflow.analysis.reference import (
     ReferenceCalibration,
     coordinates,
     fit_reference,
+    held_out_scores,
     load_reference,
 )
 from stellarflow.analysis.score import chunk_flags, chunk_seed, map_chunks, scorable_rows
@@ -143,7 +144,6 @@ from stellarflow.data.dataset import ID_COLUMN, SpectralDataset, label_array
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import DataValidationError, LabelError
 from stellarflow.flows.distributions import DiagonalGaussianSpectra
-from stellarflow.train.batches import usable_rows
 from stellarflow.train.checkpoint import TrainedModel, check_compatible
 from stellarflow.train.distributed import Distributed
 
@@ -157,6 +157,7 @@ __all__ = [
     "explain_stars",
     "find_outliers",
     "line_test_scores",
+    "line_test_z",
     "model_expectation",
     "recalibrate_by_neighbours",
     "recalibrate_by_reference",
@@ -410,6 +411,49 @@ def _explain(
     return residual, tests, features
 
 
+def _lines_tail(tests: ElementTests) -> tuple[np.ndarray, np.ndarray]:
+    """``(log_p_lines, z_lines)`` under the model; 0 and -inf for a star without line pixels."""
+    log_p, z = tail_from_chi2(tests.chi2, np.maximum(tests.dof, 1))
+    has_lines = tests.dof > 0
+    return np.where(has_lines, log_p, 0.0), np.where(has_lines, z, -np.inf)
+
+
+def line_test_z(
+    model: torch.nn.Module,
+    chunk: SpectralDataset,
+    keep: np.ndarray,
+    label_names: Sequence[str],
+    profiles: ElementProfiles,
+    *,
+    expectation: str = "labels",
+    seed: int = 0,
+) -> np.ndarray:
+    """The line-list test's z under the model (``z_lines_model``) of the ``keep`` rows of a
+    chunk; -inf for a star without line pixels."""
+    param = next(model.parameters())
+    flux, ivar = (
+        torch.as_tensor(a[keep], dtype=param.dtype, device=param.device)
+        for a in (chunk.flux, chunk.ivar)
+    )
+    context = None
+    if label_names:
+        labels = chunk.label_array(list(label_names))[keep]
+        context = torch.as_tensor(labels, dtype=param.dtype, device=param.device)
+    generator = torch.Generator(device=param.device).manual_seed(seed)
+    e = model_expectation(model, flux, ivar, context, expectation, generator)
+    tests = element_tests(
+        chunk.flux[keep] - e.expected,
+        e.variance,
+        line_depth(e.expected),
+        profiles,
+        chunk.mask[keep],
+        loading=e.loading,
+        latent_cov=e.latent_cov,
+        given_fit=e.given_fit,
+    )
+    return _lines_tail(tests)[1]
+
+
 def line_test_scores(
     model: torch.nn.Module,
     chunks: Iterable[SpectralDataset],
@@ -423,45 +467,28 @@ def line_test_scores(
     """The line-list test's z under the model, the labels and the S/N of held-out stars.
 
     What :func:`find_outliers` computes for ``z_lines_model``, for
-    :func:`~stellarflow.analysis.reference.fit_reference` (``stellarflow train`` fits the
-    line-list reference with it). Stars with a non-finite label, too few usable pixels or
-    no usable line pixel are left out.
+    :func:`~stellarflow.analysis.reference.fit_reference` (:func:`~stellarflow.analysis.
+    reference.held_out_scores` with :func:`line_test_z`; chunk ``number`` draws with
+    :func:`~stellarflow.analysis.score.chunk_seed`). Stars without usable line pixels get
+    z = -inf, which :func:`~stellarflow.analysis.reference.fit_reference` leaves out.
 
     Returns:
         ``(z_lines, labels, snr)``.
     """
-    zs, labels_out, snrs = [], [], []
-    param = next(model.parameters())
-    for number, chunk in enumerate(chunks):
-        labels = chunk.label_array(list(label_names))
-        keep = usable_rows(chunk, label_names, min_good_fraction)
-        if not keep.any():
-            continue
-        flux, ivar = (
-            torch.as_tensor(a[keep], dtype=param.dtype, device=param.device)
-            for a in (chunk.flux, chunk.ivar)
-        )
-        context = None
-        if label_names:
-            context = torch.as_tensor(labels[keep], dtype=param.dtype, device=param.device)
-        generator = torch.Generator(device=param.device).manual_seed(chunk_seed(seed, number))
-        expected = model_expectation(model, flux, ivar, context, expectation, generator)
-        _, tests, _ = _explain(
-            chunk.flux[keep],
-            chunk.mask[keep],
-            expected,
-            chunk.wavelength,
+    return held_out_scores(
+        chunks,
+        label_names,
+        lambda chunk, keep, number: line_test_z(
+            model,
+            chunk,
+            keep,
+            label_names,
             profiles,
-            profiles.resolution,
-        )
-        has_lines = tests.dof > 0
-        _, z = tail_from_chi2(tests.chi2, np.maximum(tests.dof, 1))
-        zs.append(z[has_lines])
-        labels_out.append(labels[keep][has_lines])
-        snrs.append(chunk.snr()[keep][has_lines])
-    if not zs:
-        return np.zeros(0), np.zeros((0, len(label_names))), np.zeros(0)
-    return np.concatenate(zs), np.concatenate(labels_out), np.concatenate(snrs)
+            expectation=expectation,
+            seed=chunk_seed(seed, number),
+        ),
+        min_good_fraction=min_good_fraction,
+    )
 
 
 def _chunk_columns(
@@ -534,9 +561,7 @@ def _chunk_columns(
         if profiles is not None:
             cols["log_p_element"][rows] = strongest_tail(tests.evidence)
             cols["chi2_lines"][rows], cols["dof_lines"][rows] = tests.chi2, tests.dof
-            log_p, z = tail_from_chi2(tests.chi2, np.maximum(tests.dof, 1))
-            cols["log_p_lines"][rows] = np.where(tests.dof > 0, log_p, 0.0)
-            cols["z_lines"][rows] = np.where(tests.dof > 0, z, -np.inf)
+            cols["log_p_lines"][rows], cols["z_lines"][rows] = _lines_tail(tests)
         n_unexplained[rows] = [f.size for f in features]
         where_unexplained[rows] = [
             " ".join(f"{w:.2f}" for w in f[:_MAX_UNEXPLAINED_LISTED]) for f in features

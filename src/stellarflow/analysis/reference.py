@@ -57,7 +57,7 @@ carries a line list.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,9 @@ __all__ = [
     "ReferenceCalibration",
     "coordinates",
     "fit_reference",
+    "held_out_scores",
     "load_reference",
+    "model_z",
     "reference_scores",
     "save_reference",
 ]
@@ -110,7 +112,7 @@ class ReferenceCalibration:
         location, log_scale: coefficients of mu and log sigma on those features.
         dof: Student-t degrees of freedom of the upper tail (``inf``: Gaussian).
         n_stars: reference stars it was fitted on.
-        tail_check: the reference stars' z' quantiles at 90, 95, 97.5, 99% and the
+        tail_check: the reference stars' z' quantiles at 80, 90, 95 and 97.5% and the
             fitted shape's, for the record.
         linelist: for a reference of the line-list test (``p_lines``), the fingerprint of
             the test it was fitted for (line list on the grid, resolution, expectation:
@@ -300,29 +302,25 @@ def fit_reference(
     )
 
 
-def reference_scores(
-    model: Any,
+def held_out_scores(
     chunks: Iterable[SpectralDataset],
     label_names: Sequence[str],
-    error_names: Sequence[str] = (),
+    score: Callable[[SpectralDataset, np.ndarray, int], np.ndarray],
     *,
     min_good_fraction: float = 0.2,
-    n_reference: int = 16,
-    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's z, the labels and the S/N of held-out stars, for :func:`fit_reference`.
+    """Scores, labels and S/N of held-out stars, for :func:`fit_reference`.
 
     Stars with a non-finite label or fewer usable pixels than ``min_good_fraction`` are
     left out (as :func:`~stellarflow.analysis.outliers.find_outliers` leaves them unranked).
 
     Args:
-        model: a noise-aware spectral model.
         chunks: the held-out stars, a few hundred at a time.
         label_names: the model's labels.
-        error_names: their error columns when the model marginalises label errors.
+        score: ``score(chunk, keep, number)`` -> the z of the ``keep`` rows of chunk number
+            ``number``, `(n_keep,)` or `(n_keep, n_tests)`; non-finite where a star has no
+            such test (:func:`fit_reference` leaves those out).
         min_good_fraction: see above.
-        n_reference: reference draws per star for a flow prior.
-        seed: seed of those draws.
 
     Returns:
         ``(z, labels, snr)``.
@@ -333,23 +331,69 @@ def reference_scores(
         keep = usable_rows(chunk, label_names, min_good_fraction)
         if not keep.any():
             continue
-        err = chunk.label_array(list(error_names))[keep] if error_names else None
-        scores = calibrate_log_prob(
-            model,
-            chunk.flux[keep],
-            chunk.ivar[keep],
-            labels[keep] if label_names else None,
-            context_err=err,
-            n_reference=n_reference,
-            chunk_size=256,
-            seed=seed + number,
-        )
-        zs.append(scores.z)
+        zs.append(score(chunk, keep, number))
         labels_out.append(labels[keep])
         snrs.append(chunk.snr()[keep])
     if not zs:
         return np.zeros(0), np.zeros((0, len(label_names))), np.zeros(0)
     return np.concatenate(zs), np.concatenate(labels_out), np.concatenate(snrs)
+
+
+def model_z(
+    model: Any,
+    chunk: SpectralDataset,
+    keep: np.ndarray,
+    label_names: Sequence[str],
+    error_names: Sequence[str] = (),
+    *,
+    n_reference: int = 16,
+    seed: int = 0,
+) -> np.ndarray:
+    """The model's calibrated z (``z_model``) of the ``keep`` rows of a chunk.
+
+    ``error_names``: the label error columns when the model marginalises label errors;
+    ``n_reference`` and ``seed``: reference draws for a flow prior.
+    """
+    labels = chunk.label_array(list(label_names))[keep] if label_names else None
+    err = chunk.label_array(list(error_names))[keep] if error_names else None
+    return calibrate_log_prob(
+        model,
+        chunk.flux[keep],
+        chunk.ivar[keep],
+        labels,
+        context_err=err,
+        n_reference=n_reference,
+        chunk_size=256,
+        seed=seed,
+    ).z
+
+
+def reference_scores(
+    model: Any,
+    chunks: Iterable[SpectralDataset],
+    label_names: Sequence[str],
+    error_names: Sequence[str] = (),
+    *,
+    min_good_fraction: float = 0.2,
+    n_reference: int = 16,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's z, the labels and the S/N of held-out stars (:func:`held_out_scores`
+    with :func:`model_z`; chunk ``number`` draws with seed ``seed + number``)."""
+    return held_out_scores(
+        chunks,
+        label_names,
+        lambda chunk, keep, number: model_z(
+            model,
+            chunk,
+            keep,
+            label_names,
+            error_names,
+            n_reference=n_reference,
+            seed=seed + number,
+        ),
+        min_good_fraction=min_good_fraction,
+    )
 
 
 def save_reference(directory: str | os.PathLike[str], reference: ReferenceCalibration) -> Path:

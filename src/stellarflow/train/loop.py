@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stellarflow.analysis.explain import ElementProfiles, element_profiles
 from stellarflow.data.dataset import SpectralDataset, label_array
 from stellarflow.data.grid import grid_hash
 from stellarflow.data.summary import SpectraSource
@@ -536,20 +537,26 @@ def _reference(
     val_blocks: np.ndarray,
     config: TrainConfig,
 ) -> dict[str, Any] | None:
-    """Fit the outlier score's held-out reference on the validation split and write it.
+    """Fit the outlier scores' held-out references on the validation split and write them.
 
     (:mod:`stellarflow.analysis.reference`; :func:`~stellarflow.analysis.outliers.
-    find_outliers` uses it for small surveys.) ``model`` is loaded with the saved best
-    state first. Returns what the metadata records, None for a model without a noise
+    find_outliers` uses them for small surveys.) One pass over the validation stars scores
+    the whole-spectrum test and, when the survey carries a line list, the line-list test
+    for :func:`~stellarflow.analysis.outliers.find_outliers`' defaults (that line list,
+    R = 22,500, the label-conditional expectation). ``model`` is loaded with the saved
+    best state first. Returns what the metadata records, None for a model without a noise
     model (it has no calibrated score).
     """
+    from stellarflow.analysis.outliers import line_test_z
     from stellarflow.analysis.reference import (
         REFERENCE_FILE,
         REFERENCE_LINES_FILE,
         fit_reference,
-        reference_scores,
+        held_out_scores,
+        model_z,
         save_reference,
     )
+    from stellarflow.analysis.score import chunk_seed
 
     for name in (REFERENCE_FILE, REFERENCE_LINES_FILE):  # a previous run's belong to its model
         (out / name).unlink(missing_ok=True)
@@ -558,57 +565,71 @@ def _reference(
     model.load_state_dict(load_torch(out / "model.pt"))
     model.eval()
     started = time.monotonic()
-    chunks = (source.read(int(start), int(stop)) for start, stop in val_blocks)
+    profiles, lines = _survey_profiles(source)
+    names = config.label_names
     errors = config.error_names if config.label_errors else ()
+
+    def score(chunk: SpectralDataset, keep: np.ndarray, number: int) -> np.ndarray:
+        z = model_z(model, chunk, keep, names, errors, seed=config.seed + number)
+        if profiles is None:
+            return z[:, None]
+        seed = chunk_seed(config.seed, number)
+        return np.column_stack([z, line_test_z(model, chunk, keep, names, profiles, seed=seed)])
+
+    chunks = (source.read(int(start), int(stop)) for start, stop in val_blocks)
     try:
-        z, labels, snr = reference_scores(
-            model, chunks, config.label_names, errors, seed=config.seed
-        )
-        reference = fit_reference(z, labels, snr, config.label_names)
+        z, labels, snr = held_out_scores(chunks, names, score)
+        z = z.reshape(snr.size, -1)
+        reference = fit_reference(z[:, 0], labels, snr, names)
     except (DataValidationError, ValueError) as err:
         logger.info("no held-out reference for the outlier score: %s", err)
         return {"fitted": False, "reason": str(err)}
     save_reference(out, reference)
+    if profiles is not None:
+        lines = _lines_reference(out, z[:, 1], labels, snr, names, profiles)
     return {
         "fitted": True,
         "n_stars": reference.n_stars,
         "degree": reference.degree,
         "tail_dof": None if not np.isfinite(reference.dof) else reference.dof,
-        "lines": _lines_reference(model, out, source, val_blocks, config),
+        "lines": lines,
         "seconds": round(time.monotonic() - started, 1),
     }
 
 
-def _lines_reference(
-    model: torch.nn.Module,
-    out: Path,
+def _survey_profiles(
     source: SpectraSource | SpectralDataset,
-    val_blocks: np.ndarray,
-    config: TrainConfig,
-) -> dict[str, Any]:
-    """The line-list test's reference, when the survey carries a line list (``linelist``).
-
-    Fitted for :func:`~stellarflow.analysis.outliers.find_outliers`' defaults (the
-    survey's line list, R = 22,500, the label-conditional expectation); a run with other
-    settings leaves ``p_lines`` under the model below 2,000 stars.
-    """
-    from dataclasses import replace
-
-    from stellarflow.analysis.explain import element_profiles, line_test_fingerprint
-    from stellarflow.analysis.outliers import line_test_scores
-    from stellarflow.analysis.reference import fit_reference, save_reference
-
+) -> tuple[ElementProfiles | None, dict[str, Any]]:
+    """The survey line list's profiles on its grid, or None and why there are none."""
     if "linelist" not in getattr(source, "table_names", []):
-        return {"fitted": False, "reason": "the survey has no line list"}
-    chunks = (source.read(int(start), int(stop)) for start, stop in val_blocks)
+        return None, {"fitted": False, "reason": "the survey has no line list"}
     try:  # the model is saved already: a bad line list must not fail the training run
         profiles = element_profiles(source.wavelength, source.read_table("linelist"))
-        if not profiles.elements:
-            return {"fitted": False, "reason": "no line of the line list is on the grid"}
-        z, labels, snr = line_test_scores(model, chunks, config.label_names, profiles,
-                                          seed=config.seed)  # fmt: skip
-        reference = fit_reference(z, labels, snr, config.label_names)
     except (StellarflowError, ValueError) as err:
+        logger.info("no held-out reference for the line-list test: %s", err)
+        return None, {"fitted": False, "reason": str(err)}
+    if not profiles.elements:
+        return None, {"fitted": False, "reason": "no line of the line list is on the grid"}
+    return profiles, {}
+
+
+def _lines_reference(
+    out: Path,
+    z: np.ndarray,
+    labels: np.ndarray,
+    snr: np.ndarray,
+    label_names: tuple[str, ...],
+    profiles: ElementProfiles,
+) -> dict[str, Any]:
+    """Fit and write the line-list test's reference; what the metadata records."""
+    from dataclasses import replace
+
+    from stellarflow.analysis.explain import line_test_fingerprint
+    from stellarflow.analysis.reference import fit_reference, save_reference
+
+    try:
+        reference = fit_reference(z, labels, snr, label_names)
+    except (DataValidationError, ValueError) as err:
         logger.info("no held-out reference for the line-list test: %s", err)
         return {"fitted": False, "reason": str(err)}
     fingerprint = line_test_fingerprint(profiles, "labels")
