@@ -944,8 +944,7 @@ def recalibrate_by_survey(
             log_p[ranked[this]] = reference.log_p_tail(z_model[this], labels[this], snr[this])
             dofs.append(reference.dof)
         updates[test] = log_p
-        dof = float(np.median(dofs))
-        shapes.append(f"p_{test} t dof {dof:.3g}" if np.isfinite(dof) else f"p_{test} gaussian")
+        shapes.append(f"p_{test} {_shape(float(np.median(dofs)))}")
     meta = (
         f"survey({n_folds}-fold cross-fitted reference over {ranked.size} ranked stars; "
         f"labels + log10 S/N; upper tails {', '.join(shapes)})"
@@ -1040,27 +1039,31 @@ def recalibrate_by_reference(
     ranked = np.flatnonzero(np.asarray(table["flag"]) == "")
     labels = _label_rows(table, reference.label_names, ranked)
     snr = np.asarray(table["snr"], dtype=np.float64)[ranked]
-    z_model = np.asarray(table["z_model"], dtype=np.float64)[ranked]
-    log_p = np.asarray(table["log_p_tail"], dtype=np.float64).copy()
-    log_p[ranked] = reference.log_p_tail(z_model, labels, snr)
-    updates = {"tail": log_p}
-    shape = "gaussian" if not np.isfinite(reference.dof) else f"t dof {reference.dof:.3g}"
+    references = {"tail": reference}
     note = ""
     if _has_lines(table) and lines is None:
         note = "; line-list test under the model"
     elif _has_lines(table) and lines is not None:
-        z_lines = np.asarray(table["z_lines_model"], dtype=np.float64)[ranked]
-        tested = np.isfinite(z_lines)
-        log_p_lines = np.asarray(table["log_p_lines"], dtype=np.float64).copy()
-        log_p_lines[ranked[tested]] = lines.log_p_tail(z_lines[tested], labels[tested], snr[tested])
-        updates["lines"] = log_p_lines
-        dof = "gaussian" if not np.isfinite(lines.dof) else f"t dof {lines.dof:.3g}"
-        note = f"; line-list test: {lines.n_stars} held-out stars, upper tail {dof}"
+        references["lines"] = lines
+        note = f"; line-list test: {lines.n_stars} held-out stars, upper tail {_shape(lines.dof)}"
+    updates = {}
+    for test, placed_in in references.items():
+        model_column, p_column, _ = _TESTS[test]
+        z_model = np.asarray(table[model_column], dtype=np.float64)[ranked]
+        tested = np.isfinite(z_model)  # the line-list test: stars with line pixels
+        log_p = np.asarray(table[p_column], dtype=np.float64).copy()
+        log_p[ranked[tested]] = placed_in.log_p_tail(z_model[tested], labels[tested], snr[tested])
+        updates[test] = log_p
     meta = (
         f"reference({reference.n_stars} held-out stars; labels + log10 S/N, degree "
-        f"{reference.degree}; upper tail {shape}{note})"
+        f"{reference.degree}; upper tail {_shape(reference.dof)}{note})"
     )
     return _with_log_p(table, ranked, updates, meta)
+
+
+def _shape(dof: float) -> str:
+    """A reference's upper-tail shape in words."""
+    return f"t dof {dof:.3g}" if np.isfinite(dof) else "gaussian"
 
 
 @dataclass(frozen=True)
