@@ -41,7 +41,7 @@ beyond one row of results per star):
    star beyond 1e-6 in 60,000), so the outliers' 10-50 sigma line anomalies are not
    crowded by the normal stars the model misfits as a whole (cool metal-rich giants:
    ``p_tail`` beyond 1e-6 for 0.01-0.11% of normal stars even after recalibration) or in
-   one element (``p_element`` < 1e-3 for 0.6%). Precision at k 1.000 / 0.967 / 0.957 /
+   one element (``p_element`` < 1e-3 for 0.6%, session 9). Precision at k 1.000 / 0.967 / 0.957 /
    1.000, AUC 1.000 / 0.999 / 0.990 / 1.000; the session-9 default (``p_tail`` and
    ``p_element`` combined) had precision 0.907 / 0.924 / 0.739 on the first three.
    The whole-spectrum test still finds what the line list does not cover (a strong
