@@ -124,3 +124,16 @@ def test_score_refuses_other_grid_and_flags_unsupported(survey, tmp_path, capsys
     assert not scores["supported"][0] and scores["supported"][1:].mean() > 0.9
     trained = load_model(model_dir)
     assert trained.support.contains(np.array([[4750.0, 2.5, 0.0]]))[0]
+
+
+def test_training_in_memory_still_fits_the_line_list_reference(tmp_path) -> None:
+    """Spectra loaded whole carry none of the file's tables: the command hands the survey's
+    line list on, so the line-list test gets its held-out reference either way."""
+    path = tmp_path / "mock.h5"
+    write_mock_survey(path, MockConfig(n_stars=2400, n_pixels=128, pixel_offset=5200, seed=9))
+    for in_memory in ("yes", "no"):
+        model_dir = tmp_path / in_memory
+        assert _train(path, model_dir, "--epochs", "1", "--in-memory", in_memory) == 0
+        record = json.loads((model_dir / "metadata.json").read_text())["reference_calibration"]
+        assert record["fitted"] and record["lines"]["fitted"], record
+        assert (model_dir / "reference_lines.json").is_file()

@@ -189,8 +189,11 @@ def run_train(args: argparse.Namespace) -> int:
         # every process of a node holds its own copy when loading whole
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.active else 1
         size = survey.n_stars * survey.n_pixels * 9 * local
+        linelist = None
         if args.in_memory == "yes" or (args.in_memory == "auto" and size < _IN_MEMORY_BYTES):
-            source = survey.load()
+            source = survey.load()  # without the file's tables: hand on its line list
+            if "linelist" in survey.table_names:
+                linelist = survey.read_table("linelist")
         result = train_model(
             source,
             config,
@@ -199,6 +202,7 @@ def run_train(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
             dist=dist,
+            linelist=linelist,
         )
         if not dist.is_main:
             return 0

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from astropy.table import Table
 
 from stellarflow.analysis.explain import ElementProfiles, element_profiles
 from stellarflow.data.dataset import SpectralDataset, label_array
@@ -250,6 +251,7 @@ def train_model(
     overwrite: bool = False,
     progress: bool = False,
     dist: Distributed | None = None,
+    linelist: Table | None = None,
 ) -> TrainResult:
     """Train a spectral model on a survey and write a model directory.
 
@@ -262,6 +264,9 @@ def train_model(
         progress: show a progress bar with train / validation nats per pixel (rank 0).
         dist: this process's place in a ``torchrun`` job
             (:func:`stellarflow.train.distributed.init_distributed`); None: one process.
+        linelist: the line list of the line-list test's held-out reference (canonical
+            table); None: the source's own ``linelist`` table if it is a survey file that
+            has one (spectra loaded into memory carry none: pass the survey's).
 
     Returns:
         What the run produced (the same on every rank); the best weights are in
@@ -502,7 +507,7 @@ def train_model(
         )
         best = polish["validation_after"]
     if dist.is_main:
-        reference = _reference(model, out, source, val_blocks, config)
+        reference = _reference(model, out, source, val_blocks, config, linelist)
         write_json(
             out / "metadata.json",
             {
@@ -536,6 +541,7 @@ def _reference(
     source: SpectraSource | SpectralDataset,
     val_blocks: np.ndarray,
     config: TrainConfig,
+    linelist: Table | None,
 ) -> dict[str, Any] | None:
     """Fit the outlier scores' held-out references on the validation split and write them.
 
@@ -565,7 +571,7 @@ def _reference(
     model.load_state_dict(load_torch(out / "model.pt"))
     model.eval()
     started = time.monotonic()
-    profiles, lines = _survey_profiles(source)
+    profiles, lines = _survey_profiles(source, linelist)
     names = config.label_names
     errors = config.error_names if config.label_errors else ()
 
@@ -598,13 +604,16 @@ def _reference(
 
 
 def _survey_profiles(
-    source: SpectraSource | SpectralDataset,
+    source: SpectraSource | SpectralDataset, linelist: Table | None
 ) -> tuple[ElementProfiles | None, dict[str, Any]]:
-    """The survey line list's profiles on its grid, or None and why there are none."""
-    if "linelist" not in getattr(source, "table_names", []):
+    """The line list's profiles on the survey's grid (``linelist``, else the survey file's
+    own), or None and why there are none."""
+    if linelist is None and "linelist" not in getattr(source, "table_names", []):
         return None, {"fitted": False, "reason": "the survey has no line list"}
     try:  # the model is saved already: a bad line list must not fail the training run
-        profiles = element_profiles(source.wavelength, source.read_table("linelist"))
+        if linelist is None:
+            linelist = source.read_table("linelist")  # type: ignore[union-attr]
+        profiles = element_profiles(source.wavelength, linelist)
     except (StellarflowError, ValueError) as err:
         logger.info("no held-out reference for the line-list test: %s", err)
         return None, {"fitted": False, "reason": str(err)}
