@@ -82,8 +82,6 @@ DEMO_LINE_SAMPLES: dict[str, int] = {"small": 10_000, "full": 20_000}
 _REFERENCE_POINT = {"TEFF": 4750.0, "LOGG": 2.5, "FE_H": 0.0}
 _N_SAMPLES = 1000
 _N_GALLERY = 12  # outliers drawn in the gallery
-# Surveys smaller than this are loaded whole for training (as `stellarflow train` does).
-_IN_MEMORY_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -306,7 +304,7 @@ def _training_finished(model_dir: Path) -> bool:
 
 def _train_stage(run: _Run) -> dict[str, Any]:
     from stellarflow.io.hdf5 import open_survey
-    from stellarflow.train.loop import train_model
+    from stellarflow.train.loop import train_model, training_source
 
     config = run.config.train_config
     model_dir = run.model_dir
@@ -325,9 +323,7 @@ def _train_stage(run: _Run) -> dict[str, Any]:
                 f"{config.epochs} epochs, time limit {config.time_limit:g} min -> model/"
             )
         with open_survey(run.survey_path) as survey:
-            source: Any = survey
-            if survey.n_stars * survey.n_pixels * 9 < _IN_MEMORY_BYTES:
-                source = survey.load()
+            source, linelist = training_source(survey)
             train_model(
                 source,
                 config,
@@ -335,6 +331,7 @@ def _train_stage(run: _Run) -> dict[str, Any]:
                 resume=resume,
                 overwrite=not resume,
                 progress=run.progress,
+                linelist=linelist,
             )
     metadata = read_json(model_dir / "metadata.json")
     history = metadata["history"]

@@ -13,8 +13,6 @@ from stellarflow.errors import DataValidationError
 
 __all__ = ["register"]
 
-_IN_MEMORY_BYTES = 4 << 30  # surveys smaller than this are loaded whole for training
-
 
 def register(commands: Any) -> None:
     """Add ``train``, ``score`` and ``sample`` to the sub-command parser."""
@@ -163,7 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.train.config import TrainConfig
     from stellarflow.train.distributed import distributed_session
-    from stellarflow.train.loop import train_model
+    from stellarflow.train.loop import train_model, training_source
 
     try:
         config = TrainConfig(
@@ -185,15 +183,9 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise DataValidationError(f"invalid training settings: {err}") from None
     with distributed_session(config.device) as dist, open_survey(args.survey) as survey:
-        source = survey
         # every process of a node holds its own copy when loading whole
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.active else 1
-        size = survey.n_stars * survey.n_pixels * 9 * local
-        linelist = None
-        if args.in_memory == "yes" or (args.in_memory == "auto" and size < _IN_MEMORY_BYTES):
-            source = survey.load()  # without the file's tables: hand on its line list
-            if "linelist" in survey.table_names:
-                linelist = survey.read_table("linelist")
+        source, linelist = training_source(survey, args.in_memory, local)
         result = train_model(
             source,
             config,

@@ -242,6 +242,33 @@ def _initialize_from_model(
     return sorted(shared)
 
 
+IN_MEMORY_BYTES = 4 << 30
+"""Surveys smaller than this (flux, ivar and mask of every star) are loaded whole to train."""
+
+
+def training_source(
+    survey: SpectraSource, in_memory: str = "auto", copies: int = 1
+) -> tuple[SpectraSource | SpectralDataset, Table | None]:
+    """What :func:`train_model` reads: the open survey, or its spectra loaded whole.
+
+    Args:
+        survey: an open survey file.
+        in_memory: "yes", "no" or "auto" (load when ``copies`` copies of the spectra take
+            less than :data:`IN_MEMORY_BYTES`).
+        copies: processes of this node that each hold a copy (``torchrun``).
+
+    Returns:
+        ``(source, linelist)``: the survey's line list when the spectra were loaded (they
+        carry none of the file's tables), for :func:`train_model`'s ``linelist``; else None
+        (the survey file provides it).
+    """
+    size = survey.n_stars * survey.n_pixels * 9 * copies
+    if in_memory == "yes" or (in_memory == "auto" and size < IN_MEMORY_BYTES):
+        names = getattr(survey, "table_names", [])
+        return survey.load(), survey.read_table("linelist") if "linelist" in names else None
+    return survey, None
+
+
 def train_model(
     source: SpectraSource | SpectralDataset,
     config: TrainConfig,
