@@ -246,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--throughput-only", action="store_true")
+    parser.add_argument(
+        "--keep-table",
+        type=Path,
+        default=None,
+        help="write the default (survey-recalibrated) table joined with the mock's truth here",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.throughput_only:
@@ -328,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     flag = np.asarray(table["flag"])[rows]
     usable = flag != "too_few_pixels"
     recal = recalibrate_by_neighbours(table, LABELS)
+    if args.keep_table is not None:
+        kept = by_survey.copy()
+        order = np.array([{s: i for i, s in enumerate(ids)}[s] for s in kept["star_id"]])
+        for name in ("outlier_kind", "outlier_amplitude", "SNR", "TEFF", "LOGG", "FE_H"):
+            kept[f"true_{name}"] = np.asarray(truth_table[name])[order]
+        kept.write(args.keep_table, format="ascii.ecsv", overwrite=True)
 
     def survey_order(recalibrated: Table) -> np.ndarray:
         by_id = {s: i for i, s in enumerate(recalibrated["star_id"])}

@@ -11,6 +11,8 @@ from stellarflow.analysis.explain import (
     element_profiles,
     element_tests,
     line_depth,
+    line_test_fingerprint,
+    molecular_response,
     summarize_evidence,
     unexplained_features,
     whitened_residual,
@@ -122,6 +124,81 @@ def test_a_joint_fit_shares_blended_lines() -> None:
            profiles, np.zeros_like(mask[:1]))  # fmt: skip
     np.testing.assert_allclose(element_tests(*one).depth_change[0], [0.3, 0.0], atol=1e-9)
     assert element_tests(*one, joint=False).depth_change[0, 0] == pytest.approx(0.3)
+
+
+def _molecular_linelist() -> Table:
+    """CO, OH and CN bands (each molecule's lines well apart) and a few Fe lines."""
+    rows = [(16_005.0 + 6.0 * i, "CO", "C") for i in range(5)]
+    rows += [(16_040.0 + 6.0 * i, "OH", "O") for i in range(5)]
+    rows += [(16_075.0 + 6.0 * i, "CN", "N") for i in range(5)]
+    rows += [(16_107.0, "Fe 1", "Fe"), (16_113.0, "Fe 1", "Fe")]
+    wave, species, element = zip(*rows, strict=True)
+    return Table({"wavelength": wave, "species": species, "element": element})
+
+
+def test_the_response_is_the_linearised_equilibrium() -> None:
+    # one-layer equilibrium: K (C - x)(O - x) = x with strong locking, differentiated
+    # numerically against the closed form of molecular_response
+    c0, o0, n0, k = 0.4e-3, 1e-3, 1e-4, 1e9
+
+    def numbers(c, o, n):
+        b = k * (c + o) + 1.0
+        x = (b - np.sqrt(b * b - 4.0 * k * k * c * o)) / (2.0 * k)
+        return {"CO": np.log(x), "OH": np.log(o - x), "CN": np.log((c - x) * n)}
+
+    base, h = numbers(c0, o0, n0), 1e-6
+    moved = {
+        "C": numbers(c0 * np.exp(h), o0, n0),
+        "O": numbers(c0, o0 * np.exp(h), n0),
+        "N": numbers(c0, o0, n0 * np.exp(h)),
+    }
+    response = molecular_response(carbon_to_oxygen=c0 / o0)
+    for molecule in ("CO", "OH", "CN"):
+        for el in "CNO":
+            derivative = (moved[el][molecule] - base[molecule]) / h
+            assert derivative == pytest.approx(response[molecule].get(el, 0.0), abs=2e-3)
+    with pytest.raises(DataValidationError, match="carbon_to_oxygen"):
+        molecular_response(1.2)
+
+
+def test_molecules_are_read_for_every_element_they_respond_to() -> None:
+    lines = _molecular_linelist()
+    q = 0.4
+    profiles = element_profiles(WAVELENGTH, lines, resolution=R, carbon_to_oxygen=q)
+    attributed = element_profiles(WAVELENGTH, lines, resolution=R, molecules="attributed")
+    assert profiles.elements == attributed.elements == ("C", "Fe", "N", "O")
+    np.testing.assert_array_equal(profiles.profiles, attributed.profiles)  # where lines are
+    # a star with N up and C down, weak lines (depth change = change of ln number)
+    d_c, d_n, d_o = -0.10, 0.20, 0.0
+    response = molecular_response(q)
+    change = {m: sum(c * {"C": d_c, "N": d_n, "O": d_o}[el] for el, c in r.items())
+              for m, r in response.items()}  # fmt: skip
+    assert abs(change["CN"]) < 0.05  # CN hardly moves: its N and C changes cancel
+    depth = np.full((1, WAVELENGTH.size), 0.3)
+    g = dict(zip(attributed.elements, attributed.profiles, strict=True))
+    delta = -depth * sum(change[m] * g[el] for m, el in (("CO", "C"), ("OH", "O"), ("CN", "N")))
+    args = (delta, np.ones_like(depth), depth)
+    mask = np.zeros_like(depth, dtype=bool)
+    read = dict(zip(profiles.elements, element_tests(*args, profiles, mask).depth_change[0],
+                    strict=True))  # fmt: skip
+    assert read["C"] == pytest.approx(d_c, abs=1e-6)
+    assert read["N"] == pytest.approx(d_n, abs=1e-6)
+    assert read["O"] == pytest.approx(d_o, abs=1e-6)
+    # attributing CN to N alone reads the net CN change, a fifth of the N enhancement
+    naive = dict(zip(attributed.elements, element_tests(*args, attributed, mask).depth_change[0],
+                     strict=True))  # fmt: skip
+    assert naive["N"] == pytest.approx(change["CN"], abs=1e-6) and naive["N"] < d_n / 4
+    assert line_test_fingerprint(profiles, "labels") != line_test_fingerprint(attributed, "labels")
+
+
+def test_a_molecule_counts_for_its_element_without_the_others(profiles) -> None:
+    # only CN lines (and atoms): C and O have no features of their own to pin them down
+    assert profiles.rule.startswith("equilibrium")
+    g = profiles.profiles
+    expected = g * g / np.where(g.sum(0) > 0, g.sum(0), 1.0)
+    np.testing.assert_allclose(profiles.templates, expected)
+    with pytest.raises(DataValidationError, match="molecules"):
+        element_profiles(WAVELENGTH, _linelist(), molecules="some")
 
 
 def test_masked_pixels_carry_no_weight(profiles) -> None:

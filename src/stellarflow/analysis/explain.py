@@ -35,10 +35,31 @@ residual under the model's covariance (latent factors included), N(0, 1) for spe
 from the model: *marginal* (against stars with the same labels) or *conditional* (given the
 rest of the star's spectrum). Positive evidence = lines deeper than expected =
 **enhanced**; negative = shallower = **depleted**. An element's lines blended with another's
-share that pixel's residual; the element whose *other* lines agree wins. Molecular features
-count for the element the line list attributes them to (:mod:`stellarflow.io.linelist`:
-CN -> N, CO -> C, OH -> O), as in ASPCAP; CN also responds to C, which this does not try to
-disentangle.
+share that pixel's residual; the element whose *other* lines agree wins.
+
+**Molecules respond to several elements** (``molecules="equilibrium"``, the default). In an
+oxygen-rich giant CO locks up nearly all the carbon, OH forms from the oxygen left over and
+CN from the free carbon times nitrogen. Linearising that equilibrium in the strong-locking
+limit, with :math:`q` = C/O (``carbon_to_oxygen``), the log number of each molecule moves
+with the log abundances as
+
+.. math:: \delta\ln \mathrm{CO} = \delta\ln C, \quad
+          \delta\ln \mathrm{OH} = \frac{\delta\ln O - q\,\delta\ln C}{1 - q}, \quad
+          \delta\ln \mathrm{CN} = \delta\ln N + \frac{\delta\ln C - \delta\ln O}{1 - q},
+
+and :math:`\delta\ln C_2 = 2 (\delta\ln C - \delta\ln O) / (1 - q)`
+(:func:`molecular_response`). Each element's template is then the sum over the features it
+moves, weighted by these coefficients, so the joint fit reads N from CN *given* the C that
+the CO lines measure: a star with N up and C down (a globular-cluster escapee, or a strongly
+mixed giant) has CN lines that hardly change, and attributing CN to N alone called it at
+most mildly N-rich (session 11: N evidence +4.3 -> +9.2 sigma for a +1.0 dex N, -0.4 dex C
+mock star). :math:`q = 0.4` is a typical giant after the first dredge-up (solar 0.55,
+lowered by ~0.15 dex of mixed carbon); the coefficients change by ~30% over q = 0.3-0.55.
+The linearisation does not hold for carbon stars (C/O >= 1). An element gets a molecule's
+coefficient only if it also has features of its own (an atom, or a molecule attributed to
+it); otherwise a molecule counts for the element the line list attributes it to
+(:mod:`stellarflow.io.linelist`: CN -> N, CO -> C, OH -> O), as with
+``molecules="attributed"`` everywhere.
 
 **Unexplained features**: runs of at least ``min_pixels`` adjacent usable pixels with
 :math:`|r_i| >` ``threshold`` of one sign whose strongest pixel lies farther than one
@@ -59,6 +80,7 @@ from stellarflow.errors import DataValidationError
 
 __all__ = [
     "FWHM_PER_SIGMA",
+    "MOLECULE_RULES",
     "ElementProfiles",
     "ElementTests",
     "EvidenceSummary",
@@ -66,6 +88,7 @@ __all__ = [
     "element_tests",
     "line_depth",
     "line_test_fingerprint",
+    "molecular_response",
     "summarize_evidence",
     "unexplained_features",
     "whitened_residual",
@@ -74,10 +97,40 @@ __all__ = [
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 """Full width at half maximum of a Gaussian in units of its standard deviation (2.3548)."""
 
+MOLECULE_RULES = ("equilibrium", "attributed")
+"""How molecular features count (module docstring): through the linearised C/N/O equilibrium,
+or for the element the line list attributes them to."""
+
+
+def molecular_response(carbon_to_oxygen: float = 0.4) -> dict[str, dict[str, float]]:
+    r""":math:`\partial \ln n_{mol} / \partial \ln \epsilon_X` of CO, OH, CN, C2 (module docstring).
+
+    Args:
+        carbon_to_oxygen: the number ratio C/O, :math:`0 \le q < 1` (oxygen-rich stars).
+
+    Returns:
+        molecule -> {element: coefficient}.
+
+    Raises:
+        DataValidationError: ``carbon_to_oxygen`` outside [0, 1).
+    """
+    q = float(carbon_to_oxygen)
+    if not 0.0 <= q < 1.0:
+        raise DataValidationError(
+            f"carbon_to_oxygen must be in [0, 1) (an oxygen-rich star), got {carbon_to_oxygen}"
+        )
+    f = 1.0 / (1.0 - q)
+    return {
+        "CO": {"C": 1.0},
+        "OH": {"O": f, "C": -q * f},
+        "CN": {"N": 1.0, "C": f, "O": -f},
+        "C2": {"C": 2.0 * f, "O": -2.0 * f},
+    }
+
 
 @dataclass(frozen=True)
 class ElementProfiles:
-    """Line profiles of each element on a wavelength grid.
+    r"""Line profiles of each element on a wavelength grid.
 
     Attributes:
         elements: element symbols, in the order of the rows of ``profiles``.
@@ -85,6 +138,11 @@ class ElementProfiles:
         line_wavelength: `(n_lines,)` vacuum Å, sorted, every line that touches the grid.
         line_element: `(n_lines,)` str, the element of each of those lines.
         resolution: resolving power R used for the widths.
+        templates: `(n_elements, n_pixels)` signed, dimensionless: each element's template
+            per unit expected depth, :math:`\sum_f c_{e,f}\, g_f h_f` over the features f
+            it moves (an element's atoms, each molecule) with their share :math:`h_f` of a
+            blend and the response :math:`c_{e,f}` (1 for an atom; module docstring).
+        rule: how the templates were made (molecule rule and C/O), for fingerprints.
     """
 
     elements: tuple[str, ...]
@@ -92,6 +150,8 @@ class ElementProfiles:
     line_wavelength: np.ndarray
     line_element: np.ndarray
     resolution: float
+    templates: np.ndarray
+    rule: str
 
     def lines_of(self, element: str) -> np.ndarray:
         """Vacuum wavelengths (Å) of the lines of ``element`` on the grid."""
@@ -103,21 +163,28 @@ def element_profiles(
     linelist: Table,
     resolution: float = 22_500.0,
     truncate: float = 4.0,
+    *,
+    molecules: str = "equilibrium",
+    carbon_to_oxygen: float = 0.4,
 ) -> ElementProfiles:
-    r"""Gaussian line profiles of the instrumental width, summed per element (module docstring).
+    r"""Gaussian line profiles of the instrumental width, per element, and the templates.
 
     Args:
         wavelength: `(n_pixels,)`, vacuum Å, strictly increasing.
         linelist: a canonical line-list table (:mod:`stellarflow.io.linelist`) with
-            ``wavelength`` (vacuum Å) and ``element`` columns.
+            ``wavelength`` (vacuum Å) and ``element`` columns (and ``species``, which the
+            molecular response needs: without it every feature counts for its element).
         resolution: resolving power :math:`R = \lambda / \mathrm{FWHM}` (APOGEE: 22,500).
         truncate: profiles are cut at this many :math:`s_l` from the line centre.
+        molecules: one of :data:`MOLECULE_RULES` (module docstring).
+        carbon_to_oxygen: C/O of the linearised equilibrium (:func:`molecular_response`).
 
     Returns:
         The :class:`ElementProfiles` of every element with a line touching the grid.
 
     Raises:
-        DataValidationError: a line list without those columns, or ``resolution <= 0``.
+        DataValidationError: a line list without those columns, ``resolution <= 0``, an
+            unknown ``molecules`` rule or C/O outside [0, 1).
     """
     missing = [name for name in ("wavelength", "element") if name not in linelist.colnames]
     if missing:
@@ -127,35 +194,57 @@ def element_profiles(
         )
     if not resolution > 0:
         raise DataValidationError(f"resolution must be > 0, got {resolution}")
+    if molecules not in MOLECULE_RULES:
+        raise DataValidationError(f"molecules must be one of {MOLECULE_RULES}, got {molecules!r}")
+    response = molecular_response(carbon_to_oxygen) if molecules == "equilibrium" else {}
     wavelength = np.asarray(wavelength, dtype=np.float64)
     centre = np.asarray(linelist["wavelength"], dtype=np.float64)
     element = np.asarray(linelist["element"]).astype(str)
+    species = (
+        np.asarray(linelist["species"]).astype(str) if "species" in linelist.colnames else element
+    )
     sigma = centre / (FWHM_PER_SIGMA * resolution)
     first = np.searchsorted(wavelength, centre - truncate * sigma)
     last = np.searchsorted(wavelength, centre + truncate * sigma)
     on_grid = (last > first) & np.isfinite(centre) & (element != "")
     order = np.argsort(centre[on_grid], kind="stable")
     centre, element, sigma = centre[on_grid][order], element[on_grid][order], sigma[on_grid][order]
-    first, last = first[on_grid][order], last[on_grid][order]
+    first, last, species = first[on_grid][order], last[on_grid][order], species[on_grid][order]
+    # features: each molecule with a response on its own, every other line with its element
+    feature = np.where(np.isin(species, list(response)), species, element)
+    names = sorted(set(feature.tolist()))
+    row = {name: k for k, name in enumerate(names)}
+    shapes = np.zeros((len(names), wavelength.size))
+    for lam, f, s, a, b in zip(centre, feature, sigma, first, last, strict=True):
+        shapes[row[f], a:b] += np.exp(-0.5 * ((wavelength[a:b] - lam) / s) ** 2)
+    shapes = np.minimum(shapes, 1.0)
     elements = tuple(sorted(set(element.tolist())))
-    row = {name: k for k, name in enumerate(elements)}
     profiles = np.zeros((len(elements), wavelength.size))
-    for lam, el, s, a, b in zip(centre, element, sigma, first, last, strict=True):
-        profiles[row[el], a:b] += np.exp(-0.5 * ((wavelength[a:b] - lam) / s) ** 2)
-    return ElementProfiles(elements, np.minimum(profiles, 1.0), centre, element, float(resolution))
+    templates = np.zeros_like(profiles)
+    shared = _shared(shapes)
+    for name, shape, share in zip(names, shapes, shared, strict=True):
+        attributed = element[feature == name][0]
+        profiles[elements.index(attributed)] += shape
+        weights = {el: c for el, c in response.get(name, {}).items() if el in elements}
+        for el, c in (weights or {attributed: 1.0}).items():
+            templates[elements.index(el)] += c * share
+    rule = f"equilibrium C/O={float(carbon_to_oxygen):.4g}" if response else "attributed"
+    return ElementProfiles(
+        elements, np.minimum(profiles, 1.0), centre, element, float(resolution), templates, rule
+    )
 
 
 def line_test_fingerprint(profiles: ElementProfiles, expectation: str) -> str:
     """A short hash of what the line-list test depends on besides the model and the star.
 
     The lines on the grid (wavelengths to 1e-4 Å, elements), the resolution, the
-    expectation ("labels" or "latent_fit") and the template rule (shared blend depth): a
-    reference fitted for one test must not recalibrate another.
+    expectation ("labels" or "latent_fit") and the template rules (shared blend depth, the
+    molecules' response): a reference fitted for one test must not recalibrate another.
     """
     digest = hashlib.sha256()
     digest.update(np.round(profiles.line_wavelength, 4).tobytes())
     digest.update("|".join(map(str, profiles.line_element)).encode())
-    digest.update(f"{profiles.resolution:.6g}|{expectation}|shared-depth".encode())
+    digest.update(f"{profiles.resolution:.6g}|{expectation}|shared-depth|{profiles.rule}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -235,8 +324,9 @@ def element_tests(
 ) -> ElementTests:
     r"""Matched-filter evidence of each element (a z-score under the model) and of all at once.
 
-    The template is :math:`t_{e,i} = g_{e,i} h_{e,i} d_i` (module docstring; flux units up
-    to a scale), the model's covariance at the labels :math:`C = D + L \Sigma_z L^T`
+    The template is ``profiles.templates`` times the expected depth, :math:`t_{e,i} = g_{e,i}
+    h_{e,i} d_i` summed over the features the element moves (module docstring; flux units
+    up to a scale), the model's covariance at the labels :math:`C = D + L \Sigma_z L^T`
     (:math:`D` independent per-pixel variance: intrinsic scatter and noise). Sums run over
     the usable pixels O.
 
@@ -296,7 +386,7 @@ def element_tests(
     usable = ~np.broadcast_to(np.asarray(mask, dtype=bool), shape)
     depth = np.broadcast_to(np.asarray(depth, dtype=np.float64), shape)
     variance = np.broadcast_to(np.asarray(variance, dtype=np.float64), shape)
-    g = sparse.csr_matrix(_shared(profiles.profiles))  # lines cover few pixels: sparse products
+    g = sparse.csr_matrix(profiles.templates)  # lines cover few pixels: sparse products
     n_elements = g.shape[0]
     pairs = sparse.vstack([g.multiply(g[e]) for e in range(n_elements)]).tocsr()  # g_e g_f
     out = np.zeros((shape[0], n_elements))
