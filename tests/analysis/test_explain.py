@@ -144,7 +144,9 @@ def test_the_response_is_the_linearised_equilibrium() -> None:
     def numbers(c, o, n):
         b = k * (c + o) + 1.0
         x = (b - np.sqrt(b * b - 4.0 * k * k * c * o)) / (2.0 * k)
-        return {"CO": np.log(x), "OH": np.log(o - x), "CN": np.log((c - x) * n)}
+        free_c = c - x
+        return {"CO": np.log(x), "OH": np.log(o - x), "CN": np.log(free_c * n),
+                "CH": np.log(free_c), "C2": 2.0 * np.log(free_c)}  # fmt: skip
 
     base, h = numbers(c0, o0, n0), 1e-6
     moved = {
@@ -153,7 +155,7 @@ def test_the_response_is_the_linearised_equilibrium() -> None:
         "N": numbers(c0, o0, n0 * np.exp(h)),
     }
     response = molecular_response(carbon_to_oxygen=c0 / o0)
-    for molecule in ("CO", "OH", "CN"):
+    for molecule in ("CO", "OH", "CN", "CH", "C2"):
         for el in "CNO":
             derivative = (moved[el][molecule] - base[molecule]) / h
             assert derivative == pytest.approx(response[molecule].get(el, 0.0), abs=2e-3)

@@ -47,7 +47,8 @@ with the log abundances as
           \delta\ln \mathrm{OH} = \frac{\delta\ln O - q\,\delta\ln C}{1 - q}, \quad
           \delta\ln \mathrm{CN} = \delta\ln N + \frac{\delta\ln C - \delta\ln O}{1 - q},
 
-and :math:`\delta\ln C_2 = 2 (\delta\ln C - \delta\ln O) / (1 - q)`
+and the other carbon molecules follow the free carbon, :math:`\delta\ln \mathrm{CH} =
+(\delta\ln C - \delta\ln O) / (1 - q)` and :math:`\delta\ln C_2` twice that
 (:func:`molecular_response`). Each element's template is then the sum over the features it
 moves, weighted by these coefficients, so the joint fit reads N from CN *given* the C that
 the CO lines measure: a star with N up and C down (a globular-cluster escapee, or a strongly
@@ -103,7 +104,7 @@ or for the element the line list attributes them to."""
 
 
 def molecular_response(carbon_to_oxygen: float = 0.4) -> dict[str, dict[str, float]]:
-    r""":math:`\partial \ln n_{mol} / \partial \ln \epsilon_X` of CO, OH, CN, C2 (module docstring).
+    r""":math:`\partial \ln n_{mol} / \partial \ln \epsilon_X` of CO, OH, CN, CH, C2 (docstring).
 
     Args:
         carbon_to_oxygen: the number ratio C/O, :math:`0 \le q < 1` (oxygen-rich stars).
@@ -124,6 +125,7 @@ def molecular_response(carbon_to_oxygen: float = 0.4) -> dict[str, dict[str, flo
         "CO": {"C": 1.0},
         "OH": {"O": f, "C": -q * f},
         "CN": {"N": 1.0, "C": f, "O": -f},
+        "CH": {"C": f, "O": -f},
         "C2": {"C": 2.0 * f, "O": -2.0 * f},
     }
 
