@@ -45,10 +45,12 @@ def train_on_first(
     seed: int,
     labels: tuple[str, ...] = ("TEFF", "LOGG", "FE_H"),
     polish: int = 0,
+    within: dict[str, tuple[float, float]] | None = None,
 ) -> float:
     """Train ``kind`` on the survey's first ``n_stars`` stars (CPU, batch 256); seconds taken.
 
     ``polish`` > 0 (factor analysis): fit by that many ECM iterations instead of Adam epochs.
+    ``within``: label ranges of a local model (``TrainConfig.within``) among those stars.
     """
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.train.config import TrainConfig
@@ -64,6 +66,7 @@ def train_on_first(
         seed=seed,
         device="cpu",
         polish_iterations=polish,
+        within=within or {},
     )
     started = time.perf_counter()
     with open_survey(survey_path) as survey:

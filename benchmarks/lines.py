@@ -48,6 +48,7 @@ from _specs import directory_name, model_options, train_on_first
 from stellarflow.analysis.correlation import read_correlation, write_correlation
 from stellarflow.analysis.lines import empirical_correlation, find_lines, model_correlation
 from stellarflow.analysis.sampling import parse_label_point
+from stellarflow.data.dataset import parse_label_ranges
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
 from stellarflow.train.checkpoint import load_model
@@ -105,7 +106,8 @@ def match(features, withheld, eligible: np.ndarray) -> dict:
 def train(survey_path: Path, n: int, spec: str, out: Path, args) -> float:
     kind, options = model_options(spec)
     return train_on_first(survey_path, n, kind, options, out, epochs=args.epochs,
-                          time_limit=args.time_limit, seed=args.seed, labels=LABELS)  # fmt: skip
+                          time_limit=args.time_limit, seed=args.seed, labels=LABELS,
+                          polish=args.polish, within=args.within)  # fmt: skip
 
 
 def report(name: str, search_by_threshold: dict, withheld, eligible) -> None:
@@ -136,6 +138,16 @@ def main() -> None:
     parser.add_argument("--model", default="factor_analysis:n_latent=16")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--time-limit", type=float, default=8.0, help="minutes per model")
+    parser.add_argument(
+        "--polish", type=int, default=0, help="fit factor analysis by N ECM iterations instead"
+    )
+    parser.add_argument(
+        "--within",
+        default="",
+        metavar="RANGES",
+        help="train local models on the stars in these label ranges, e.g. "
+        "TEFF=4450:5050,LOGG=1.9:3.1,FE_H=-0.4:0.2 (TrainConfig.within)",
+    )
     parser.add_argument("--modes", default="joint,plain,shared_mode")
     parser.add_argument("--thresholds", default="3,5,8")
     parser.add_argument("--seed", type=int, default=0)
@@ -151,6 +163,7 @@ def main() -> None:
         help="draw the model's labels uniformly in point +- these half-widths, e.g. FE_H=0.05",
     )
     args = parser.parse_args()
+    args.within = parse_label_ranges(args.within)
     sizes = [int(s) for s in args.sizes.split(",")]
     thresholds = [float(t) for t in args.thresholds.split(",")]
     modes = args.modes.split(",")
@@ -171,8 +184,12 @@ def main() -> None:
     on_grid = (truth["wavelength"] > wavelength[0]) & (truth["wavelength"] < wavelength[-1])
     withheld = truth[np.asarray(truth["withheld"], dtype=bool) & on_grid]
     print(f"survey {survey_path}: {len(wavelength)} pixels, {len(withheld)} withheld lines")
+    # ECM fits and local models get their own directories
+    suffix = ("_ecm" if args.polish else "") + "".join(
+        f"_{name}{low:g}-{high:g}" for name, (low, high) in args.within.items()
+    )
     for n in sizes:
-        model_dir = args.work / f"{directory_name(args.model)}_{n}"
+        model_dir = args.work / f"{directory_name(args.model)}{suffix}_{n}"
         if not (model_dir / "model.pt").exists():
             seconds = train(survey_path, n, args.model, model_dir, args)
             print(f"training {args.model} on {n} stars: {seconds:.0f} s")

@@ -31,6 +31,8 @@ after N closed-form ECM iterations over the training stars
 (:func:`stellarflow.flows.polish_factor_analysis`). A spec may carry training settings:
 ``factor_analysis:n_latent=16;epochs=0;polish=8`` fits the model by ECM alone from the warm
 start (``TrainConfig.polish_iterations``).
+``--within RANGES`` trains every model as a *local* model on the stars in those label
+ranges (``TrainConfig.within``) and evaluates it on the test stars in them.
 ``--label-errors`` adds a third variant: the aware model fine-tuned for
 ``--fine-tune-epochs`` with each star's label errors marginalised (``TrainConfig.label_errors``).
 """
@@ -57,7 +59,7 @@ from scipy import stats
 
 from stellarflow.analysis.calibrate import calibrate_log_prob
 from stellarflow.analysis.sampling import parse_label_point, stars_near
-from stellarflow.data.dataset import SpectralDataset
+from stellarflow.data.dataset import SpectralDataset, parse_label_ranges, select_within
 from stellarflow.flows import FlowInputError, polish_factor_analysis
 from stellarflow.io.hdf5 import open_survey
 from stellarflow.mock import MockConfig, write_mock_survey
@@ -102,6 +104,7 @@ def _train(
         time_limit=args.time_limit,
         seed=args.seed,
         polish_iterations=polish,
+        within=args.within,
     )
     started = time.perf_counter()
     result = train_model(dataset, config, out, overwrite=True)
@@ -219,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=30.0, help="minutes per model")
     parser.add_argument("--out", type=Path, default=Path("noise-benchmark"))
     parser.add_argument("--point", default="TEFF=4750,LOGG=2.5,FE_H=0")
+    parser.add_argument(
+        "--within",
+        default="",
+        metavar="RANGES",
+        help="train local models on the stars in these label ranges (TrainConfig.within, "
+        "e.g. TEFF=4450:5050,LOGG=1.9:3.1,FE_H=-0.3:0.3) and evaluate on the test stars in "
+        "them",
+    )
     parser.add_argument("--n-reference", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -255,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also train the aware model with the labels' own errors (<LABEL>_ERR columns)",
     )
     args = parser.parse_args(argv)
+    args.within = parse_label_ranges(args.within)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sf-noise-"))
     survey_path = args.survey or work / "mock.h5"
@@ -267,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         train = survey.read(0, args.n_train)
         test = survey.read(survey.n_stars - args.n_test, survey.n_stars)
         truth = survey.read_table("truth/labels")[survey.n_stars - args.n_test :]
+    if args.within:  # local models: judged on the test stars of their region
+        inside = np.isin(test.star_id, select_within(test, args.within).star_id)
+        test, truth = test[np.flatnonzero(inside)], truth[inside]
     inlier = np.asarray(truth["outlier_kind"]) == ""
     point = parse_label_point(args.point)
     known = spectra_at_labels(mock_config, point, 2000)

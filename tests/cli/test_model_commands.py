@@ -137,3 +137,47 @@ def test_training_in_memory_still_fits_the_line_list_reference(tmp_path) -> None
         record = json.loads((model_dir / "metadata.json").read_text())["reference_calibration"]
         assert record["fitted"] and record["lines"]["fitted"], record
         assert (model_dir / "reference_lines.json").is_file()
+
+
+def test_a_local_model_trains_on_its_label_region_only(survey, tmp_path, capsys) -> None:
+    with open_survey(survey) as data:
+        labels = data.labels
+        teff = np.asarray(labels["TEFF"])
+        low, high = np.percentile(teff, [25, 75])
+        inside = (teff >= low) & (teff <= high)
+        # a survey file read in chunks and the same spectra in memory select the same stars
+        ranges = {"TEFF": (low, high)}
+        from stellarflow.data.dataset import select_within
+
+        from_file = select_within(data, ranges, chunk_size=97)
+        in_memory = select_within(data.load(), ranges)
+    assert list(from_file.star_id) == list(in_memory.star_id) == list(data.star_id[inside])
+    np.testing.assert_array_equal(from_file.flux, in_memory.flux)
+
+    model_dir = tmp_path / "local"
+    within = f"TEFF={low:.2f}:{high:.2f}"
+    assert _train(survey, model_dir, "--epochs", "2", "--within", within) == 0
+    config = json.loads((model_dir / "config.json").read_text())["train"]
+    assert config["within"] == {"TEFF": [float(f"{low:.2f}"), float(f"{high:.2f}")]}
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    trained_on = metadata["training_data"]["n_stars"]
+    assert trained_on == pytest.approx(inside.sum(), abs=2)
+    # its support is that region: the survey's hottest and coolest stars are flagged
+    scores_path = tmp_path / "scores.ecsv"
+    assert main(["-q", "score", str(model_dir), str(survey), "--out", str(scores_path)]) == 0
+    scores = Table.read(scores_path)
+    supported = np.asarray(scores["supported"])
+    assert supported[inside].mean() > 0.9
+    extreme = (teff < np.percentile(teff, 3)) | (teff > np.percentile(teff, 97))
+    assert supported[extreme].mean() < 0.2
+    # resuming with another region is refused; bad ranges give one line and exit 1
+    capsys.readouterr()
+    other = f"TEFF={low - 50:.2f}:{high:.2f}"
+    assert _train(survey, model_dir, "--epochs", "3", "--resume", "--within", other) == 1
+    assert "different configuration" in capsys.readouterr().err
+    for bad, message in (("TEFF=5000", "NAME=LOW:HIGH"), ("TEFF=5000:4000", "low < high"),
+                         ("TEFF=10:20", "no star"), ("NOPE=1:2", "NOPE")):  # fmt: skip
+        assert _train(survey, tmp_path / "bad", "--epochs", "1", "--within", bad) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad" / "model.pt").exists()

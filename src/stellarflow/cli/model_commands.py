@@ -86,6 +86,14 @@ def register(commands: Any) -> None:
         "validation improves; with --epochs 0 the model is fitted by ECM alone, the fastest "
         "way at 7,514 pixels; default 0)",
     )
+    train.add_argument(
+        "--within",
+        default="",
+        metavar="RANGES",
+        help="train a local model on the stars whose labels lie in these ranges only, e.g. "
+        "TEFF=4450:5050,LOGG=1.9:3.1,FE_H=-0.3:0.3 (inclusive; any label columns); stars "
+        "outside are flagged as unsupported when scored",
+    )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out")
     train.set_defaults(handler=run_train)
@@ -158,6 +166,7 @@ def _model_options(items: list[str]) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     """``stellarflow train``."""
+    from stellarflow.data.dataset import parse_label_ranges
     from stellarflow.io.hdf5 import open_survey
     from stellarflow.train.config import TrainConfig
     from stellarflow.train.distributed import distributed_session
@@ -179,13 +188,16 @@ def run_train(args: argparse.Namespace) -> int:
             model_options=_model_options(args.option),
             init_from=args.init_from,
             polish_iterations=args.polish,
+            within=parse_label_ranges(args.within),
         )
     except ValueError as err:
         raise DataValidationError(f"invalid training settings: {err}") from None
     with distributed_session(config.device) as dist, open_survey(args.survey) as survey:
         # every process of a node holds its own copy when loading whole
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.active else 1
-        source, linelist = training_source(survey, args.in_memory, local)
+        # a local model reads only its region's stars (train_model selects them)
+        in_memory = "no" if config.within else args.in_memory
+        source, linelist = training_source(survey, in_memory, local)
         result = train_model(
             source,
             config,
@@ -199,6 +211,8 @@ def run_train(args: argparse.Namespace) -> int:
         if not dist.is_main:
             return 0
     where = f"at epoch {result.best_epoch}" if result.best_epoch >= 0 else "from the warm start"
+    if config.within:
+        where += f" (a local model: {args.within})"
     print(
         f"trained for {result.epochs_run} epochs ({result.stopped}); best validation "
         f"{result.best_validation:.5f} nats/pixel {where}"

@@ -30,7 +30,10 @@ from stellarflow.errors import DataValidationError, LabelError
 __all__ = [
     "ID_COLUMN",
     "SpectralDataset",
+    "check_ranges",
     "concatenate",
+    "parse_label_ranges",
+    "select_within",
     "sigma_to_ivar",
     "validate_labels",
 ]
@@ -387,6 +390,101 @@ def label_array(labels: Table, names: Sequence[str]) -> np.ndarray:
         filled = column.filled(np.nan) if hasattr(column, "filled") else column
         columns.append(np.asarray(filled, dtype=np.float64))
     return np.stack(columns, axis=1) if columns else np.zeros((len(labels), 0))
+
+
+def select_within(
+    source: object, ranges: Mapping[str, Sequence[float]], chunk_size: int = 4096
+) -> SpectralDataset:
+    """The stars of a survey whose labels lie in the given ranges, loaded into memory.
+
+    A model fitted on a region of label space (a "local" model) describes the spectra
+    there better than a survey-wide one whose covariance can change with the labels only
+    smoothly (docs/design.md, "Local models"). Ranges are inclusive; a star with a missing
+    (NaN) value of a range's label is left out.
+
+    Args:
+        source: an in-memory :class:`SpectralDataset` or an open survey file (anything
+            with ``labels``, ``n_stars`` and ``iter_chunks``); a file is read in chunks.
+        ranges: label name -> ``(low, high)``, physical units, e.g. ``{"TEFF": (4450,
+            5050), "FE_H": (-0.3, 0.3)}``. Labels need not be ones the model is
+            conditioned on.
+        chunk_size: stars per read from a file.
+
+    Returns:
+        The selected stars, in survey order.
+
+    Raises:
+        LabelError: a range's label is not in the label table.
+        DataValidationError: a range that is not two finite numbers with low < high, or no
+            star inside all of them.
+    """
+    checked = check_ranges(ranges)
+    values = label_array(source.labels, list(checked))  # type: ignore[attr-defined]
+    inside = np.ones(len(values), dtype=bool)
+    for column, (low, high) in zip(values.T, checked.values(), strict=True):
+        inside &= (column >= low) & (column <= high)  # NaN compares False: left out
+    if not inside.any():
+        described = ", ".join(f"{n} {lo:g}..{hi:g}" for n, (lo, hi) in checked.items())
+        raise DataValidationError(
+            f"no star has its labels within {described}; widen the ranges (see the label "
+            "ranges of `stellarflow info`)"
+        )
+    if isinstance(source, SpectralDataset):
+        return source[np.flatnonzero(inside)]
+    parts, start = [], 0
+    for chunk in source.iter_chunks(chunk_size):  # type: ignore[attr-defined]
+        keep = np.flatnonzero(inside[start : start + chunk.n_stars])
+        if keep.size:
+            parts.append(chunk[keep])
+        start += chunk.n_stars
+    return concatenate(parts)
+
+
+def parse_label_ranges(text: str) -> dict[str, tuple[float, float]]:
+    """``"TEFF=4450:5050,FE_H=-0.3:0.3"`` -> ``{"TEFF": (4450.0, 5050.0), ...}``.
+
+    Names are upper-cased; an empty text gives no ranges.
+
+    Raises:
+        DataValidationError: an item that is not NAME=LOW:HIGH, or a range that
+            :func:`check_ranges` refuses.
+    """
+    ranges: dict[str, tuple[float, float]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, bounds = item.partition("=")
+        low, colon, high = bounds.partition(":")
+        try:
+            if not (sep and colon and name.strip()):
+                raise ValueError(item)
+            ranges[name.strip().upper()] = (float(low), float(high))
+        except ValueError:
+            raise DataValidationError(
+                f"label ranges are NAME=LOW:HIGH items separated by commas (e.g. "
+                f"TEFF=4450:5050,FE_H=-0.3:0.3), got {item!r}"
+            ) from None
+    return check_ranges(ranges)
+
+
+def check_ranges(ranges: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
+    """``ranges`` as ``{name: (low, high)}`` floats, checked (:func:`select_within`).
+
+    Raises:
+        DataValidationError: a range that is not two finite numbers with low < high.
+    """
+    out = {}
+    for name, bounds in ranges.items():
+        try:
+            low, high = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise DataValidationError(
+                f"the range of {name} must be two numbers (low, high), got {bounds!r}"
+            ) from None
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise DataValidationError(
+                f"the range of {name} must have finite low < high, got {low:g}..{high:g}"
+            )
+        out[str(name)] = (low, high)
+    return out
 
 
 def concatenate(datasets: Sequence[SpectralDataset]) -> SpectralDataset:

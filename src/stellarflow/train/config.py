@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stellarflow.errors import StellarflowError
+from stellarflow.data.dataset import check_ranges
+from stellarflow.errors import DataValidationError, StellarflowError
 
 __all__ = ["TrainConfig", "TrainingError"]
 
@@ -66,6 +67,10 @@ class TrainConfig:
             polish. With
             ``epochs = 0`` the model is fitted by ECM alone from the warm start. 0: no
             polish.
+        within: label ranges ``{name: (low, high)}`` (physical units, inclusive): train on
+            the stars inside them only (a *local* model;
+            :func:`stellarflow.data.dataset.select_within`). Its label support is then
+            that region, so stars outside it are flagged when scored. Empty: every star.
     """
 
     label_names: tuple[str, ...]
@@ -89,9 +94,14 @@ class TrainConfig:
     label_errors: bool = False
     init_from: str | None = None
     polish_iterations: int = 0
+    within: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_names", tuple(self.label_names))
+        try:
+            object.__setattr__(self, "within", check_ranges(self.within))
+        except DataValidationError as err:
+            raise ValueError(f"within: {err}") from None
         object.__setattr__(self, "model_options", dict(self.model_options))
         if len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"label_names {self.label_names} contain duplicates")
@@ -149,6 +159,7 @@ class TrainConfig:
         out = asdict(self)
         out["label_names"] = list(self.label_names)
         out["model_options"] = dict(self.model_options)
+        out["within"] = {name: list(bounds) for name, bounds in self.within.items()}
         return out
 
     @classmethod

@@ -37,7 +37,7 @@ import torch
 from astropy.table import Table
 
 from stellarflow.analysis.explain import ElementProfiles, element_profiles
-from stellarflow.data.dataset import SpectralDataset, label_array
+from stellarflow.data.dataset import SpectralDataset, label_array, select_within
 from stellarflow.data.grid import grid_hash
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import DataValidationError, LabelError, OutputExistsError, StellarflowError
@@ -59,6 +59,7 @@ __all__ = ["TrainResult", "evaluate", "resolve_device", "train_model"]
 logger = logging.getLogger(__name__)
 
 _WARM_START_STARS = 4096
+_MIN_WITHIN_STARS = 50  # stars a local model (TrainConfig.within) needs at least
 
 
 @dataclass(frozen=True)
@@ -264,9 +265,20 @@ def training_source(
     """
     size = survey.n_stars * survey.n_pixels * 9 * copies
     if in_memory == "yes" or (in_memory == "auto" and size < IN_MEMORY_BYTES):
-        names = getattr(survey, "table_names", [])
-        return survey.load(), survey.read_table("linelist") if "linelist" in names else None
+        return survey.load(), _file_linelist(survey)
     return survey, None
+
+
+def _file_linelist(source: object) -> Table | None:
+    """A survey file's line list (None for in-memory spectra, a file without one, or one
+    that cannot be read: the line-list reference is optional, the training run is not)."""
+    if "linelist" not in getattr(source, "table_names", []):
+        return None
+    try:
+        return source.read_table("linelist")  # type: ignore[attr-defined]
+    except (StellarflowError, ValueError, OSError) as err:
+        logger.info("the survey's line list is not readable: %s", err)
+        return None
 
 
 def train_model(
@@ -320,6 +332,15 @@ def train_model(
     if dist.is_main and not resume:
         out.mkdir(parents=True, exist_ok=True)
     label_array(source.labels, config.label_names)  # raises LabelError if a label is missing
+    if config.within:  # a local model: the stars of a region of label space, in memory
+        linelist = linelist if linelist is not None else _file_linelist(source)
+        source = select_within(source, config.within)
+        if source.n_stars < _MIN_WITHIN_STARS:
+            raise TrainingError(
+                f"only {source.n_stars} stars lie within {dict(config.within)}; a model needs "
+                f"at least {_MIN_WITHIN_STARS}: widen the ranges"
+            )
+        logger.info("training on the %d stars within %s", source.n_stars, dict(config.within))
     if config.label_errors:
         try:
             check_label_errors(source.labels, config.label_names, config.error_names)
