@@ -41,6 +41,7 @@ from stellarflow.analysis.elements import (
     polynomial_fitter,
 )
 from stellarflow.analysis.greedy import greedy_selection
+from stellarflow.data.dataset import parse_label_ranges
 from stellarflow.mock.config import MockConfig
 from stellarflow.mock.constants import (
     ABUNDANCE_ELEMENTS,
@@ -155,6 +156,7 @@ def run_spectral(
     label_errors: bool = False,
     options: dict | None = None,
     polish: int = 0,
+    within: dict | None = None,
 ) -> Table:
     """Two factor-analysis models (small vs large label set) and their variance at fixed labels."""
     import matplotlib
@@ -202,6 +204,7 @@ def run_spectral(
                         seed=0,
                         label_errors=label_errors,
                         polish_iterations=polish,
+                        within=within or {},
                     ),
                     out,
                     overwrite=True,
@@ -275,6 +278,13 @@ def main() -> None:
         help="fit the spectral models by N ECM iterations instead of Adam epochs",
     )
     parser.add_argument(
+        "--spectral-within",
+        default="",
+        metavar="RANGES",
+        help="train the spectral models as local models on the stars in these label ranges, "
+        "e.g. TEFF=4450:5050,LOGG=1.9:3.1,FE_H=-0.3:0.3 (TrainConfig.within)",
+    )
+    parser.add_argument(
         "--spectral-label-errors",
         action="store_true",
         help="train the spectral models marginalising over the labels' errors",
@@ -299,6 +309,7 @@ def main() -> None:
             args.spectral_label_errors,
             dict(args.spectral_option),
             args.spectral_polish,
+            parse_label_ranges(args.spectral_within),
         )
     rows = []
     for seed in range(args.seeds):
