@@ -160,6 +160,8 @@ def test_a_local_model_trains_on_its_label_region_only(survey, tmp_path, capsys)
     config = json.loads((model_dir / "config.json").read_text())["train"]
     assert config["within"] == {"TEFF": [float(f"{low:.2f}"), float(f"{high:.2f}")]}
     metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["training_data"]["source"] == str(survey)
+    assert metadata["training_data"]["within"] == config["within"]
     trained_on = metadata["training_data"]["n_stars"]
     assert trained_on == pytest.approx(inside.sum(), abs=2)
     # its support is that region: the survey's hottest and coolest stars are flagged

@@ -169,6 +169,7 @@ def _training_summary(
     train_blocks: np.ndarray,
     val_blocks: np.ndarray,
     config: TrainConfig,
+    origin: str,
 ) -> dict[str, Any]:
     labels = source.labels
     ranges = {}
@@ -182,7 +183,8 @@ def _training_summary(
         "n_validation_rows": int(np.sum(val_blocks[:, 1] - val_blocks[:, 0])),
         "label_ranges": ranges,
         "survey": getattr(source, "meta", {}).get("survey", ""),
-        "source": str(getattr(source, "path", "in-memory dataset")),
+        "source": origin,
+        "within": {name: list(bounds) for name, bounds in config.within.items()},
     }
 
 
@@ -332,6 +334,7 @@ def train_model(
     if dist.is_main and not resume:
         out.mkdir(parents=True, exist_ok=True)
     label_array(source.labels, config.label_names)  # raises LabelError if a label is missing
+    origin = str(getattr(source, "path", "in-memory dataset"))
     if config.within:  # a local model: the stars of a region of label space, in memory
         linelist = linelist if linelist is not None else _file_linelist(source)
         source = select_within(source, config.within)
@@ -453,7 +456,7 @@ def train_model(
         "n_pixels": source.n_pixels,
         "grid_hash": grid_hash(source.wavelength),
         "wavelength_range": [float(source.wavelength[0]), float(source.wavelength[-1])],
-        "training_data": _training_summary(source, train_blocks, val_blocks, config),
+        "training_data": _training_summary(source, train_blocks, val_blocks, config, origin),
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
         "log_prob_is_exact": log_prob_is_exact(model),
     }
