@@ -178,7 +178,8 @@ def test_a_local_model_trains_on_its_label_region_only(survey, tmp_path, capsys)
     assert _train(survey, model_dir, "--epochs", "3", "--resume", "--within", other) == 1
     assert "different configuration" in capsys.readouterr().err
     for bad, message in (("TEFF=5000", "NAME=LOW:HIGH"), ("TEFF=5000:4000", "low < high"),
-                         ("TEFF=10:20", "no star"), ("NOPE=1:2", "NOPE")):  # fmt: skip
+                         ("TEFF=10:20", "no star"), ("NOPE=1:2", "NOPE"),
+                         ("TEFF=1:9000,TEFF=2:3", "twice")):  # fmt: skip
         assert _train(survey, tmp_path / "bad", "--epochs", "1", "--within", bad) == 1
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err

@@ -215,21 +215,20 @@ def element_profiles(
     # features: each molecule with a response on its own, every other line with its element
     feature = np.where(np.isin(species, list(response)), species, element)
     names = sorted(set(feature.tolist()))
-    row = {name: k for k, name in enumerate(names)}
-    shapes = np.zeros((len(names), wavelength.size))
-    for lam, f, s, a, b in zip(centre, feature, sigma, first, last, strict=True):
-        shapes[row[f], a:b] += np.exp(-0.5 * ((wavelength[a:b] - lam) / s) ** 2)
-    shapes = np.minimum(shapes, 1.0)
     elements = tuple(sorted(set(element.tolist())))
-    profiles = np.zeros((len(elements), wavelength.size))
+    row = {name: k for k, name in enumerate(names)}
+    row_of = {name: k for k, name in enumerate(elements)}
+    shapes = np.zeros((len(names), wavelength.size))  # per feature
+    profiles = np.zeros((len(elements), wavelength.size))  # per attributed element
+    for lam, f, el, s, a, b in zip(centre, feature, element, sigma, first, last, strict=True):
+        g = np.exp(-0.5 * ((wavelength[a:b] - lam) / s) ** 2)
+        shapes[row[f], a:b] += g
+        profiles[row_of[el], a:b] += g
     templates = np.zeros_like(profiles)
-    shared = _shared(shapes)
-    for name, shape, share in zip(names, shapes, shared, strict=True):
-        attributed = element[feature == name][0]
-        profiles[elements.index(attributed)] += shape
-        weights = {el: c for el, c in response.get(name, {}).items() if el in elements}
-        for el, c in (weights or {attributed: 1.0}).items():
-            templates[elements.index(el)] += c * share
+    for name, share in zip(names, _shared(np.minimum(shapes, 1.0)), strict=True):
+        weights = {el: c for el, c in response.get(name, {}).items() if el in row_of}
+        for el, c in (weights or {str(element[feature == name][0]): 1.0}).items():
+            templates[row_of[el]] += c * share
     rule = f"equilibrium C/O={float(carbon_to_oxygen):.4g}" if response else "attributed"
     return ElementProfiles(
         elements, np.minimum(profiles, 1.0), centre, element, float(resolution), templates, rule

@@ -453,15 +453,19 @@ def parse_label_ranges(text: str) -> dict[str, tuple[float, float]]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, bounds = item.partition("=")
         low, colon, high = bounds.partition(":")
+        key = name.strip().upper()
         try:
-            if not (sep and colon and name.strip()):
-                raise ValueError(item)
-            ranges[name.strip().upper()] = (float(low), float(high))
+            values = (float(low), float(high))
         except ValueError:
+            values = None
+        if not (sep and colon and key) or values is None:
             raise DataValidationError(
                 f"label ranges are NAME=LOW:HIGH items separated by commas (e.g. "
                 f"TEFF=4450:5050,FE_H=-0.3:0.3), got {item!r}"
-            ) from None
+            )
+        if key in ranges:
+            raise DataValidationError(f"label {key} is given twice in {text!r}")
+        ranges[key] = values
     return check_ranges(ranges)
 
 
