@@ -52,8 +52,9 @@ and the other carbon molecules follow the free carbon, :math:`\delta\ln \mathrm{
 (:func:`molecular_response`). Each element's template is then the sum over the features it
 moves, weighted by these coefficients, so the joint fit reads N from CN *given* the C that
 the CO lines measure: a star with N up and C down (a globular-cluster escapee, or a strongly
-mixed giant) has CN lines that hardly change, and attributing CN to N alone called it at
-most mildly N-rich (session 11: N evidence +4.3 -> +9.2 sigma for a +1.0 dex N, -0.26 dex C
+mixed giant) has CN lines that change much less than its N (mock stars: +0.2-0.6 dex for N
++0.8-1.0 dex), and attributing CN to N alone called it at most mildly N-rich (session 11:
+N evidence +4.3 -> +9.2 sigma for a +1.0 dex N, -0.26 dex C
 mock star). :math:`q = 0.4` is a typical giant after the first dredge-up (solar 0.55,
 lowered by ~0.15 dex of mixed carbon); 1 / (1 - q) is 1.43-2.22 over q = 0.3-0.55.
 The linearisation does not hold for carbon stars (C/O >= 1). An element gets a molecule's
