@@ -42,3 +42,25 @@ def test_floor_refuses_mismatched_noise(small_mock: MockSurvey) -> None:
     measured, model, targets, ivar = _inputs(small_mock)
     with pytest.raises(DataValidationError, match="ivar must be"):
         likelihood_floor(small_mock.truth, measured, ivar[:, :10], model, targets)
+
+
+def test_variance_at_measured_labels_adds_what_the_label_errors_leave() -> None:
+    """At fixed *measured* labels the true ones still scatter by their errors: [Ce/Fe] is
+    measured to 0.06 dex against a population spread of ~0.08, so the Ce lines (and, through
+    the s-process stars' C and N, the CN lines everywhere) vary more than at fixed true
+    labels."""
+    from stellarflow.analysis.spectral_elements import element_pixels
+    from stellarflow.mock import MockConfig
+    from stellarflow.mock.answers import spectra_at_labels, variance_at_measured_labels
+    from stellarflow.mock.linelist import make_mock_linelist
+
+    config = MockConfig(n_stars=10, seed=3)
+    point = {"TEFF": 4750.0, "LOGG": 2.5, "FE_H": 0.0, "CE_FE": 0.0}
+    true_var = spectra_at_labels(config, point, 500, seed=1).var(axis=0)
+    measured_var = variance_at_measured_labels(config, point, 500, seed=1)
+    assert measured_var.shape == true_var.shape and np.all(measured_var >= 0)
+    ce = element_pixels(config.wavelength(), make_mock_linelist(config.linelist_seed))["Ce"]
+    assert measured_var[ce].sum() > 1.3 * true_var[ce].sum()
+    assert measured_var.sum() > 1.1 * true_var.sum()
+    with pytest.raises(DataValidationError, match="not measured mock labels"):
+        variance_at_measured_labels(config, {"NOPE": 1.0}, 10)

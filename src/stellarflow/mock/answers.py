@@ -2,7 +2,9 @@ r"""Answer-key quantities of a mock survey that are not stored in its file.
 
 :func:`spectra_at_labels` draws the mock population's noise-free spectra at a fixed label
 point: the "known intrinsic scatter at fixed labels" that a deconvolved model should
-reproduce (issue: noise-aware likelihood).
+reproduce (issue: noise-aware likelihood). :func:`variance_at_measured_labels` is the same
+at fixed *measured* labels: what a model conditioned on the catalogue's noisy labels (and
+not marginalising their errors) should reproduce.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from stellarflow.errors import DataValidationError
 from stellarflow.mock.config import MockConfig
 from stellarflow.mock.constants import ABUNDANCE_ELEMENTS, abundance_label
 from stellarflow.mock.linelist import make_mock_linelist
-from stellarflow.mock.population import sample_population
+from stellarflow.mock.population import observe_labels, sample_population
 from stellarflow.mock.spectra import SpectrumModel, StarParameters
 
-__all__ = ["HIDDEN_PARAMETERS", "likelihood_floor", "spectra_at_labels"]
+__all__ = [
+    "HIDDEN_PARAMETERS",
+    "likelihood_floor",
+    "spectra_at_labels",
+    "variance_at_measured_labels",
+]
 
 HIDDEN_PARAMETERS: tuple[str, ...] = (
     "TEFF",
@@ -35,6 +42,8 @@ HIDDEN_PARAMETERS: tuple[str, ...] = (
 
 # half-widths of the box in which population stars are taken before being moved to the point
 _DEFAULT_BOX = {"TEFF": 60.0, "LOGG": 0.12, "FE_H": 0.05}
+# half-widths of the box of measured labels (the within-box trend is fitted and removed)
+_MEASURED_BOX = {"TEFF": 150.0, "LOGG": 0.3, "FE_H": 0.1}
 
 
 def spectra_at_labels(
@@ -196,3 +205,78 @@ def likelihood_floor(
         eig = np.linalg.eigvalsh(fisher)
         floor[i] = 0.5 * np.log1p(np.clip(eig, 0.0, None)).sum()
     return floor
+
+
+def variance_at_measured_labels(
+    config: MockConfig,
+    point: Mapping[str, float],
+    n_stars: int = 2000,
+    *,
+    box: Mapping[str, float] | None = None,
+    seed: int = 12345,
+    max_draws: int = 2_000_000,
+) -> np.ndarray:
+    """Per-pixel variance of noise-free mock spectra at fixed *measured* labels ``point``.
+
+    Population stars (no outliers) are drawn and observed like the survey's (their labels
+    get the mock's measurement errors); those whose measured labels named in ``point`` lie in
+    a box around it (default half-widths 150 K, 0.3 dex in LOGG, 0.1 dex in FE_H, 0.06
+    otherwise) are kept, and their noise-free spectra are regressed linearly on the measured
+    labels within the box. The residual variance is that of p(spectrum | measured labels =
+    point): a star's true labels still scatter about its measured ones, which
+    :func:`spectra_at_labels` (fixed *true* labels) leaves out.
+
+    Args:
+        config: the mock's configuration.
+        point: measured label values by name.
+        n_stars: stars in the box to use (more: a less noisy variance).
+        box: half-widths of the box per label.
+        seed: seed of the population draws and their label errors.
+        max_draws: give up after this many population draws.
+
+    Returns:
+        `(n_pixels,)` float64, flux units squared, on ``config.wavelength()``.
+
+    Raises:
+        DataValidationError: unknown label, or too few stars in the box.
+    """
+    from astropy.table import vstack
+
+    clean = MockConfig.from_dict({**config.to_dict(), "outlier_fraction": 0.0})
+    rng = np.random.default_rng(seed)
+    widths = {**_MEASURED_BOX, **(box or {})}
+    names = list(point)
+    kept, offsets = [], []
+    n_kept, n_drawn = 0, 0
+    while n_kept < n_stars and n_drawn < max_draws:
+        batch = sample_population(clean, rng, 50_000)
+        measured = observe_labels(batch, rng)
+        n_drawn += len(batch)
+        unknown = [n for n in names if n not in measured.colnames]
+        if unknown:
+            raise DataValidationError(
+                f"labels {unknown} are not measured mock labels; expected some of "
+                f"{[c for c in measured.colnames if c not in ('star_id', 'SNR')]}"
+            )
+        offset = np.column_stack([np.asarray(measured[n]) - point[n] for n in names])
+        inside = np.all(np.abs(offset) <= [widths.get(n, 0.06) for n in names], axis=1)
+        if np.any(inside):
+            kept.append(batch[inside])
+            offsets.append(offset[inside])
+            n_kept += int(inside.sum())
+    if n_kept < max(n_stars, len(names) + 10):
+        raise DataValidationError(
+            f"only {n_kept} of {n_drawn} mock stars have measured labels near {dict(point)}; "
+            "choose a well-populated label point, a wider box or fewer stars"
+        )
+    stars = vstack(kept)[:n_stars]
+    design = np.column_stack([np.ones(len(stars)), np.concatenate(offsets)[:n_stars]])
+    linelist = make_mock_linelist(
+        clean.linelist_seed,
+        withheld_fraction=clean.withheld_fraction,
+        withheld_elements=clean.withheld_elements,
+    )
+    flux = SpectrumModel(linelist, clean.wavelength()).flux(StarParameters.from_labels(stars))
+    coef, *_ = np.linalg.lstsq(design, flux, rcond=None)
+    residual = flux - design @ coef
+    return (residual**2).sum(axis=0) / (len(stars) - design.shape[1])
