@@ -77,7 +77,9 @@ def register(commands: Any) -> None:
         metavar="MODEL_DIR,MODEL_DIR",
         help="spectral version: trained models of the same survey conditioned on different "
         "label sets; writes OUT_DIR/spectral_by_element.ecsv (variance at fixed labels summed "
-        "over each element's lines, against the noise) and spectral_variance.png",
+        "over each element's lines, against the noise) and spectral_variance.png. Best: "
+        "local models around --at (stellarflow train --within ...), trained on the "
+        "catalogue's labels as given (without --label-errors)",
     )
     parser.add_argument("--survey", type=Path, default=None, help="survey (.h5) for --spectra")
     parser.add_argument(
