@@ -21,6 +21,14 @@ The answer key: 4 processes; the two beyond [Fe/H], [Mg/Fe] are carried by
 scatter** is the ``independent_scatter`` of every target element at the greedy's final
 conditioning set, compared with the truth (target: within 0.005 dex). With ``--flow-seed``
 the conditional flow's mean replaces the polynomial on that seed (adequacy check).
+
+``--spectral WORK`` adds the spectral version: two spectral models (small and large label
+set) and their variance at fixed labels on each element's lines, beside two answer keys,
+the mock's variance at fixed *true* labels (:func:`~stellarflow.mock.answers.
+spectra_at_labels`) and at fixed *measured* labels (:func:`~stellarflow.mock.answers.
+variance_at_measured_labels`, the one for models on the catalogue's labels as given). The
+recorded run: ``--spectral-stars 20000 --spectral-polish 20 --spectral-option n_latent=16
+--spectral-within TEFF=4450:5050,LOGG=1.9:3.1,FE_H=-0.3:0.3`` (BENCHMARKS.md).
 """
 
 from __future__ import annotations
