@@ -183,4 +183,4 @@ def test_a_local_model_trains_on_its_label_region_only(survey, tmp_path, capsys)
         assert _train(survey, tmp_path / "bad", "--epochs", "1", "--within", bad) == 1
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-        assert not (tmp_path / "bad" / "model.pt").exists()
+        assert not (tmp_path / "bad").exists()  # nothing written

@@ -330,9 +330,6 @@ def train_model(
     out = Path(out)
     # every rank checks before anyone writes, so that all of them raise or none does
     _prepare_directory(out, resume, overwrite, create=False)
-    dist.barrier()
-    if dist.is_main and not resume:
-        out.mkdir(parents=True, exist_ok=True)
     label_array(source.labels, config.label_names)  # raises LabelError if a label is missing
     origin = str(getattr(source, "path", "in-memory dataset"))
     if config.within:  # a local model: the stars of a region of label space, in memory
@@ -349,6 +346,9 @@ def train_model(
             check_label_errors(source.labels, config.label_names, config.error_names)
         except LabelError as err:
             raise TrainingError(f"cannot train with label_errors: {err}") from None
+    dist.barrier()  # the data checks passed on every rank: only now is anything written
+    if dist.is_main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(process_device(dist, config.device))
     if config.precision == "tf32" and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
