@@ -78,40 +78,81 @@ def spectra_at_labels(
         DataValidationError: unknown label, or too few population stars near the point.
     """
     clean = MockConfig.from_dict({**config.to_dict(), "outlier_fraction": 0.0})
-    rng = np.random.default_rng(seed)
     widths = {**_DEFAULT_BOX, **(box or {})}
-    kept = []
+    stars, _ = _stars_in_box(clean, point, n_stars, widths, 0.05, seed, max_draws, measured=False)
+    for name, value in point.items():
+        stars[name] = np.full(len(stars), float(value))
+    return _noise_free_flux(clean, stars)
+
+
+def _stars_in_box(
+    clean: MockConfig,
+    point: Mapping[str, float],
+    n_stars: int,
+    widths: Mapping[str, float],
+    default_width: float,
+    seed: int,
+    max_draws: int,
+    *,
+    measured: bool,
+) -> tuple[Table, np.ndarray]:
+    """Population stars whose labels named in ``point`` (true, or ``measured`` like the
+    survey's, with the mock's label errors) lie within ``widths`` of it; with those labels'
+    offsets from the point, `(n_stars, len(point))`.
+
+    Raises:
+        DataValidationError: unknown label, or fewer than ``n_stars`` stars in the box after
+            ``max_draws`` draws.
+    """
+    from astropy.table import vstack
+
+    rng = np.random.default_rng(seed)
+    names = list(point)
+    limit = np.array([widths.get(n, default_width) for n in names])
+    kept, offsets = [], []
     n_kept, n_drawn = 0, 0
     while n_kept < n_stars and n_drawn < max_draws:
         batch = sample_population(clean, rng, 50_000)
+        labels = observe_labels(batch, rng) if measured else batch
         n_drawn += len(batch)
-        inside = np.ones(len(batch), dtype=bool)
-        for name, value in point.items():
-            if name not in batch.colnames:
-                raise DataValidationError(
-                    f"label {name!r} is not a mock label; expected one of {batch.colnames[1:]}"
-                )
-            inside &= np.abs(np.asarray(batch[name]) - value) <= widths.get(name, 0.05)
+        unknown = [n for n in names if n not in labels.colnames]
+        if unknown:
+            kind = "measured" if measured else "true"
+            known = [c for c in labels.colnames if c not in ("star_id", "SNR")]
+            raise DataValidationError(
+                f"labels {unknown} are not {kind} mock labels; expected some of {known}"
+            )
+        offset = np.column_stack([np.asarray(labels[n], dtype=np.float64) - point[n]
+                                  for n in names])  # fmt: skip
+        inside = np.all(np.abs(offset) <= limit, axis=1)
         if np.any(inside):
             kept.append(batch[inside])
+            offsets.append(offset[inside])
             n_kept += int(inside.sum())
     if n_kept < n_stars:
         raise DataValidationError(
-            f"only {n_kept} of {n_drawn} mock stars lie near {dict(point)}; choose a "
-            "well-populated label point or fewer stars"
+            f"only {n_kept} of {n_drawn} mock stars have {'measured' if measured else 'true'} "
+            f"labels near {dict(point)}; choose a well-populated label point, a wider box or "
+            "fewer stars"
         )
-    from astropy.table import vstack
+    return vstack(kept)[:n_stars], np.concatenate(offsets)[:n_stars]
 
-    stars = vstack(kept)[:n_stars]
-    for name, value in point.items():
-        stars[name] = np.full(len(stars), float(value))
+
+def _noise_free_flux(clean: MockConfig, stars: Table) -> np.ndarray:
+    """`(n_stars, n_pixels)` noise-free flux of ``stars`` with the mock's full line list."""
     linelist = make_mock_linelist(
         clean.linelist_seed,
         withheld_fraction=clean.withheld_fraction,
         withheld_elements=clean.withheld_elements,
     )
-    model = SpectrumModel(linelist, clean.wavelength())
-    return model.flux(StarParameters.from_labels(stars))
+    return SpectrumModel(linelist, clean.wavelength()).flux(StarParameters.from_labels(stars))
+
+
+def _linear_residual(offsets: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, int]:
+    """``values`` minus their least-squares linear fit in ``offsets``, and its dof."""
+    design = np.column_stack([np.ones(len(offsets)), offsets])
+    coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+    return values - design @ coef, max(len(offsets) - design.shape[1], 1)
 
 
 def _local_covariance(
@@ -119,11 +160,8 @@ def _local_covariance(
 ) -> np.ndarray:
     """Covariance of the hidden parameters about a linear fit in the measured labels, over
     one star's neighbours: the spread the measured labels leave free near that star."""
-    x = np.column_stack([np.ones(neighbours.size), measured[neighbours]])
-    y = hidden[neighbours]
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    residual = y - x @ coef
-    return residual.T @ residual / max(neighbours.size - x.shape[1], 1)
+    residual, dof = _linear_residual(measured[neighbours], hidden[neighbours])
+    return residual.T @ residual / dof
 
 
 def likelihood_floor(
@@ -240,43 +278,11 @@ def variance_at_measured_labels(
     Raises:
         DataValidationError: unknown label, or too few stars in the box.
     """
-    from astropy.table import vstack
-
     clean = MockConfig.from_dict({**config.to_dict(), "outlier_fraction": 0.0})
-    rng = np.random.default_rng(seed)
     widths = {**_MEASURED_BOX, **(box or {})}
-    names = list(point)
-    kept, offsets = [], []
-    n_kept, n_drawn = 0, 0
-    while n_kept < n_stars and n_drawn < max_draws:
-        batch = sample_population(clean, rng, 50_000)
-        measured = observe_labels(batch, rng)
-        n_drawn += len(batch)
-        unknown = [n for n in names if n not in measured.colnames]
-        if unknown:
-            raise DataValidationError(
-                f"labels {unknown} are not measured mock labels; expected some of "
-                f"{[c for c in measured.colnames if c not in ('star_id', 'SNR')]}"
-            )
-        offset = np.column_stack([np.asarray(measured[n]) - point[n] for n in names])
-        inside = np.all(np.abs(offset) <= [widths.get(n, 0.06) for n in names], axis=1)
-        if np.any(inside):
-            kept.append(batch[inside])
-            offsets.append(offset[inside])
-            n_kept += int(inside.sum())
-    if n_kept < max(n_stars, len(names) + 10):
-        raise DataValidationError(
-            f"only {n_kept} of {n_drawn} mock stars have measured labels near {dict(point)}; "
-            "choose a well-populated label point, a wider box or fewer stars"
-        )
-    stars = vstack(kept)[:n_stars]
-    design = np.column_stack([np.ones(len(stars)), np.concatenate(offsets)[:n_stars]])
-    linelist = make_mock_linelist(
-        clean.linelist_seed,
-        withheld_fraction=clean.withheld_fraction,
-        withheld_elements=clean.withheld_elements,
+    n_stars = max(n_stars, len(point) + 10)  # the within-box fit needs stars to spare
+    stars, offsets = _stars_in_box(
+        clean, point, n_stars, widths, 0.06, seed, max_draws, measured=True
     )
-    flux = SpectrumModel(linelist, clean.wavelength()).flux(StarParameters.from_labels(stars))
-    coef, *_ = np.linalg.lstsq(design, flux, rcond=None)
-    residual = flux - design @ coef
-    return (residual**2).sum(axis=0) / (len(stars) - design.shape[1])
+    residual, dof = _linear_residual(offsets, _noise_free_flux(clean, stars))
+    return (residual**2).sum(axis=0) / dof
