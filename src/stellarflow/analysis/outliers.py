@@ -144,6 +144,7 @@ from stellarflow.data.dataset import ID_COLUMN, SpectralDataset, label_array
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import DataValidationError, LabelError
 from stellarflow.flows.distributions import DiagonalGaussianSpectra
+from stellarflow.io.hdf5 import survey_linelist
 from stellarflow.train.checkpoint import TrainedModel, check_compatible
 from stellarflow.train.distributed import Distributed
 
@@ -355,13 +356,6 @@ class _Labels:
                 f"{missing[:3]}); give labels for every star or leave the table out"
             )
         return self.values[[self.row[s] for s in ids]]
-
-
-def _survey_linelist(source: object) -> Table | None:
-    names = getattr(source, "table_names", [])
-    if "linelist" in names:
-        return source.read_table("linelist")  # type: ignore[attr-defined]
-    return None
 
 
 def _flag(enough: np.ndarray, supported: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -610,7 +604,7 @@ def _prepare(
     reader = _Labels(trained.label_names, labels)
     origin = "argument"
     if linelist is None:
-        linelist = _survey_linelist(source)
+        linelist = survey_linelist(source)
         origin = "survey" if linelist is not None else "none"
     if linelist is None:
         logger.warning("no line list: per-element evidence is empty")

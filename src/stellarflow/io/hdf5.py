@@ -54,6 +54,7 @@ __all__ = [
     "json_default",
     "open_survey",
     "read_survey",
+    "survey_linelist",
     "write_survey",
 ]
 
@@ -490,3 +491,11 @@ def read_survey(path: str | os.PathLike[str]) -> SpectralDataset:
     """Read a whole survey file into memory."""
     with open_survey(path) as survey:
         return survey.load()
+
+
+def survey_linelist(source: object) -> Table | None:
+    """The line list a survey file carries (its ``linelist`` table), or None: spectra in
+    memory carry none of a file's tables, and a file may have none."""
+    if "linelist" not in getattr(source, "table_names", []):
+        return None
+    return source.read_table("linelist")  # type: ignore[attr-defined]

@@ -42,6 +42,7 @@ from stellarflow.data.grid import grid_hash
 from stellarflow.data.summary import SpectraSource
 from stellarflow.errors import DataValidationError, LabelError, OutputExistsError, StellarflowError
 from stellarflow.io.atomic import atomic_path
+from stellarflow.io.hdf5 import survey_linelist
 from stellarflow.train.batches import Batch, check_label_errors, iter_batches, split_blocks
 from stellarflow.train.checkpoint import (
     load_torch,
@@ -274,10 +275,8 @@ def training_source(
 def _file_linelist(source: object) -> Table | None:
     """A survey file's line list (None for in-memory spectra, a file without one, or one
     that cannot be read: the line-list reference is optional, the training run is not)."""
-    if "linelist" not in getattr(source, "table_names", []):
-        return None
     try:
-        return source.read_table("linelist")  # type: ignore[attr-defined]
+        return survey_linelist(source)
     except (StellarflowError, ValueError, OSError) as err:
         logger.info("the survey's line list is not readable: %s", err)
         return None
@@ -659,11 +658,10 @@ def _survey_profiles(
 ) -> tuple[ElementProfiles | None, dict[str, Any]]:
     """The line list's profiles on the survey's grid (``linelist``, else the survey file's
     own), or None and why there are none."""
-    if linelist is None and "linelist" not in getattr(source, "table_names", []):
-        return None, {"fitted": False, "reason": "the survey has no line list"}
     try:  # the model is saved already: a bad line list must not fail the training run
+        linelist = linelist if linelist is not None else survey_linelist(source)
         if linelist is None:
-            linelist = source.read_table("linelist")  # type: ignore[union-attr]
+            return None, {"fitted": False, "reason": "the survey has no line list"}
         profiles = element_profiles(source.wavelength, linelist)
     except (StellarflowError, ValueError) as err:
         logger.info("no held-out reference for the line-list test: %s", err)
