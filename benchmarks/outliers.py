@@ -329,21 +329,22 @@ def main(argv: list[str] | None = None) -> int:
     kind = np.asarray(truth_table["outlier_kind"]).astype(str)
     amplitude = np.asarray(truth_table["outlier_amplitude"], dtype=np.float64)
     truth = dict(zip(ids, zip(kind, amplitude, strict=True), strict=True))
-    by_id = {s: i for i, s in enumerate(table["star_id"])}
-    rows = np.array([by_id[s] for s in ids])  # table rows in survey order
+
+    def survey_order(recalibrated: Table) -> np.ndarray:
+        """The table's rows in survey order."""
+        by_id = {s: i for i, s in enumerate(recalibrated["star_id"])}
+        return np.array([by_id[s] for s in ids])
+
+    rows = survey_order(table)
     flag = np.asarray(table["flag"])[rows]
     usable = flag != "too_few_pixels"
     recal = recalibrate_by_neighbours(table, LABELS)
-    if args.keep_table is not None:
-        kept = by_survey.copy()
-        order = np.array([{s: i for i, s in enumerate(ids)}[s] for s in kept["star_id"]])
-        for name in ("outlier_kind", "outlier_amplitude", "SNR", "TEFF", "LOGG", "FE_H"):
-            kept[f"true_{name}"] = np.asarray(truth_table[name])[order]
-        kept.write(args.keep_table, format="ascii.ecsv", overwrite=True)
 
-    def survey_order(recalibrated: Table) -> np.ndarray:
-        by_id = {s: i for i, s in enumerate(recalibrated["star_id"])}
-        return np.array([by_id[s] for s in ids])
+    if args.keep_table is not None:  # the default table in survey order, beside the truth
+        kept = by_survey[survey_order(by_survey)]
+        for name in ("outlier_kind", "outlier_amplitude", "SNR", "TEFF", "LOGG", "FE_H"):
+            kept[f"true_{name}"] = np.asarray(truth_table[name])
+        kept.write(args.keep_table, format="ascii.ecsv", overwrite=True)
 
     def column(recalibrated: Table, name: str) -> np.ndarray:
         """-log p of one statistic in survey order; flagged stars last."""
