@@ -390,19 +390,26 @@ def _explain(
         tests = ElementTests(none, np.zeros(n), np.zeros(n, dtype=np.int64), none)
         lines = np.zeros(0)
     else:
-        tests = element_tests(
-            flux - e.expected,
-            e.variance,
-            line_depth(e.expected),
-            profiles,
-            mask,
-            loading=e.loading,
-            latent_cov=e.latent_cov,
-            given_fit=e.given_fit,
-        )
+        tests = _line_tests(flux, mask, e, profiles)
         lines = profiles.line_wavelength
     features = unexplained_features(residual, mask, wavelength, lines, resolution)
     return residual, tests, features
+
+
+def _line_tests(
+    flux: np.ndarray, mask: np.ndarray, e: Expectation, profiles: ElementProfiles
+) -> ElementTests:
+    """:func:`~stellarflow.analysis.explain.element_tests` of stars against an expectation."""
+    return element_tests(
+        flux - e.expected,
+        e.variance,
+        line_depth(e.expected),
+        profiles,
+        mask,
+        loading=e.loading,
+        latent_cov=e.latent_cov,
+        given_fit=e.given_fit,
+    )
 
 
 def _lines_tail(tests: ElementTests) -> tuple[np.ndarray, np.ndarray]:
@@ -435,17 +442,7 @@ def line_test_z(
         context = torch.as_tensor(labels, dtype=param.dtype, device=param.device)
     generator = torch.Generator(device=param.device).manual_seed(seed)
     e = model_expectation(model, flux, ivar, context, expectation, generator)
-    tests = element_tests(
-        chunk.flux[keep] - e.expected,
-        e.variance,
-        line_depth(e.expected),
-        profiles,
-        chunk.mask[keep],
-        loading=e.loading,
-        latent_cov=e.latent_cov,
-        given_fit=e.given_fit,
-    )
-    return _lines_tail(tests)[1]
+    return _lines_tail(_line_tests(chunk.flux[keep], chunk.mask[keep], e, profiles))[1]
 
 
 def line_test_scores(
